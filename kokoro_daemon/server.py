@@ -1,0 +1,270 @@
+"""The daemon: a thread per LLaMA connection on TCP, a registration thread on UDP, one engine.
+
+Data path: LLaMA socket -> LlamaHandler (exact-length reads, streaming segmenter) ->
+CallRegistry -> Scheduler (round-robin, one segment at a time) -> Synthesizer (engine
+lock) -> Call.deliver (chunk ids) -> bounded writer -> reply socket or processor link.
+"""
+from __future__ import annotations
+
+import logging
+import select
+import socket
+import socketserver
+import threading
+import time
+from dataclasses import dataclass, field
+
+from . import metrics
+from .calls import CallRegistry, Routing
+from .engines import Engine, create_engine
+from .g2p import G2PRegistry
+from .outputs import ReplyWriter
+from .protocol import BYE_BYTES, Bye, PeerClosed, ProtocolError, parse_datagram, read_hello, read_message
+from .scheduler import Scheduler
+from .segmenter import SentenceSegmenter
+from .synthesis import AudioCache, Synthesizer
+from .voices import Voice, VoiceLibrary
+
+log = logging.getLogger(__name__)
+
+WARMUP_TEXTS = ("Hello.", "Thank you for calling, how can I help you today?")
+
+
+@dataclass
+class ServiceConfig:
+    voice: str = "af_sky"
+    host: str = "127.0.0.1"
+    tcp_port: int = 8090
+    udp_port: int = 13001
+    device: str = "mps"
+    engine: str = "auto"
+    model: str | None = None
+    model_config: str | None = None
+    voices_dir: str | None = None
+    strict_voice: bool = False
+    speed: float = 1.0
+    cache_mb: float = 64.0
+    idle_flush_s: float = 0.25
+    hub_download: bool = False
+    routing: Routing = field(default_factory=Routing)
+
+
+class VoiceSetting:
+    """The voice and speed new segments are spoken with; swapped atomically at run time."""
+
+    def __init__(self, voice: Voice, speed: float):
+        self._value = (voice, speed)
+        self._lock = threading.Lock()
+
+    def get(self) -> tuple[Voice, float]:
+        with self._lock:
+            return self._value
+
+    def set(self, voice: Voice | None = None, speed: float | None = None) -> None:
+        with self._lock:
+            old_voice, old_speed = self._value
+            self._value = (voice or old_voice, old_speed if speed is None else speed)
+
+
+def check_speed(speed: float) -> float:
+    if not 0.5 <= speed <= 2.0:
+        raise ValueError(f"speed {speed} is outside 0.5 to 2.0")
+    return speed
+
+
+class LlamaHandler(socketserver.BaseRequestHandler):
+    """One LLaMA connection: HELLO, then text chunks, then (perhaps never) BYE."""
+
+    server: "_TCPServer"
+
+    def setup(self) -> None:
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.request.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        metrics.ACTIVE_CONNECTIONS.inc()
+
+    def finish(self) -> None:
+        metrics.ACTIVE_CONNECTIONS.dec()
+
+    def handle(self) -> None:
+        service = self.server.service
+        sock, peer = self.request, "%s:%s" % self.client_address[:2]
+        try:
+            call_id = read_hello(sock)
+        except (PeerClosed, OSError):
+            return
+        except ProtocolError as exc:
+            metrics.PROTOCOL_ERRORS.labels("hello").inc()
+            log.error("connection from %s refused: %s", peer, exc)
+            return
+        writer = ReplyWriter(sock, f"reply-{call_id}", service.config.routing.max_queued_bytes)
+        call = service.registry.open(call_id, writer)
+        segmenter = SentenceSegmenter()
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        log.info("call %s: LLaMA connected from %s", call_id, peer)
+        cancel, said_bye = True, False
+        try:
+            while True:
+                if segmenter.pending and not poller.poll(service.config.idle_flush_s * 1000):
+                    service.scheduler.submit(call, segmenter.finish())
+                    continue
+                try:
+                    message = read_message(sock)
+                except ProtocolError as exc:
+                    if exc.fatal:
+                        raise
+                    metrics.PROTOCOL_ERRORS.labels("text").inc()
+                    log.error("call %s: %s", call_id, exc)
+                    continue
+                if isinstance(message, Bye):
+                    break
+                if call.ended.is_set():
+                    call = service.registry.open(call_id, writer)
+                service.scheduler.submit(call, segmenter.add_chunk(message.text))
+            cancel, said_bye = False, True
+            log.info("call %s: BYE; finishing its audio", call_id)
+        except PeerClosed as exc:
+            if exc.mid_message:
+                metrics.PROTOCOL_ERRORS.labels("truncated").inc()
+                log.warning("call %s: %s", call_id, exc)
+            else:
+                log.info("call %s: LLaMA connection closed", call_id)
+        except ProtocolError as exc:
+            cancel = False
+            metrics.PROTOCOL_ERRORS.labels("framing").inc()
+            log.error("call %s: closing the connection from %s: %s", call_id, peer, exc)
+        except OSError as exc:
+            log.info("call %s: LLaMA connection lost: %s", call_id, exc)
+        if call.reply is not writer:
+            service.scheduler.submit(call, segmenter.finish())
+            return
+        if not cancel:
+            self._deliver_accepted(call, writer, segmenter, final=BYE_BYTES if said_bye else None)
+        service.registry.disconnect(call, writer, cancel=cancel)
+        writer.close(discard_pending=cancel)
+
+    def _deliver_accepted(self, call, writer: ReplyWriter, segmenter: SentenceSegmenter, final: bytes | None) -> None:
+        """Speak everything accepted on this connection, then send ``final`` (BYE back, as the Piper service did)."""
+        service = self.server.service
+        service.scheduler.submit(call, segmenter.finish())
+        service.scheduler.wait_drained(call)
+        writer.close(final=final)
+        writer.wait_closed()
+
+
+class RegistrationHandler(socketserver.BaseRequestHandler):
+    """``REGISTER:<id>`` and ``BYE:<id>`` from the outbound audio processors."""
+
+    server: "_UDPServer"
+
+    def handle(self) -> None:
+        data = self.request[0]
+        registry = self.server.service.registry
+        try:
+            command, call_id = parse_datagram(data)
+        except ValueError as exc:
+            metrics.PROTOCOL_ERRORS.labels("datagram").inc()
+            log.warning("ignored datagram from %s:%s: %s", *self.client_address[:2], exc)
+            return
+        if command == "REGISTER":
+            registry.register(call_id)
+        elif not registry.end(call_id):
+            log.info("BYE for unknown call %s ignored", call_id)
+
+
+class _TCPServer(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+    request_queue_size = 1024
+
+    def __init__(self, address, service: "KokoroService"):
+        self.service = service
+        super().__init__(address, LlamaHandler)
+
+
+class _UDPServer(socketserver.UDPServer):
+    allow_reuse_address = True
+
+    def __init__(self, address, service: "KokoroService"):
+        self.service = service
+        super().__init__(address, RegistrationHandler)
+
+
+class KokoroService:
+    """Wires the parts together; ``start`` returns once the service answers on its ports."""
+
+    def __init__(self, config: ServiceConfig, engine: Engine | None = None):
+        self.config = config
+        self.engine = engine
+        self.voices = VoiceLibrary(config.voices_dir, hub_download=config.hub_download)
+        self.g2p = G2PRegistry()
+        self.voice_setting: VoiceSetting | None = None
+        self.synthesizer: Synthesizer | None = None
+        self.scheduler: Scheduler | None = None
+        self.registry: CallRegistry | None = None
+        self._tcp: _TCPServer | None = None
+        self._udp: _UDPServer | None = None
+        self._threads: list[threading.Thread] = []
+        self.stopped = threading.Event()
+
+    @property
+    def tcp_address(self) -> tuple[str, int]:
+        return self._tcp.server_address[:2]
+
+    @property
+    def udp_address(self) -> tuple[str, int]:
+        return self._udp.server_address[:2]
+
+    def load_voice(self, spec: str) -> Voice:
+        """A voice for run-time use: a missing or malformed one raises VoiceError."""
+        return self.voices.load(spec)
+
+    def set_voice(self, spec: str) -> None:
+        voice = self.load_voice(spec)
+        self.g2p.get(voice.lang)
+        self.voice_setting.set(voice=voice)
+        log.info("voice is now %s", spec)
+
+    def set_speed(self, speed: float) -> None:
+        self.voice_setting.set(speed=check_speed(speed))
+        log.info("speed is now %.2f", speed)
+
+    def start(self) -> None:
+        started = time.monotonic()
+        cfg = self.config
+        check_speed(cfg.speed)
+        voice = self.voices.load(cfg.voice) if cfg.strict_voice else self.voices.load_or_fallback(cfg.voice)
+        if self.engine is None:
+            self.engine = create_engine(cfg.engine, cfg.device, cfg.model, cfg.model_config)
+        phonemizer = self.g2p.get(voice.lang)
+        self.voice_setting = VoiceSetting(voice, cfg.speed)
+        self.synthesizer = Synthesizer(self.engine, self.g2p, AudioCache(int(cfg.cache_mb * 1024 * 1024)))
+        for text in WARMUP_TEXTS:
+            self.engine.synthesize(phonemizer(text), voice.pack, cfg.speed)
+        self.scheduler = Scheduler(self.synthesizer, self.voice_setting.get)
+        self.registry = CallRegistry(cfg.routing, self.scheduler)
+        self._tcp = _TCPServer((cfg.host, cfg.tcp_port), self)
+        self._udp = _UDPServer((cfg.host, cfg.udp_port), self)
+        self.scheduler.start()
+        for name, server in (("tcp", self._tcp), ("udp", self._udp)):
+            thread = threading.Thread(target=server.serve_forever, name=f"{name}-listener", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        log.info("ready in %.1f s: LLaMA TCP %s:%d, registration UDP %s:%d; engine %s on %s; voice %s (%s phonemes); "
+                 "audio %d Hz, routing %s", time.monotonic() - started, *self.tcp_address, *self.udp_address,
+                 self.engine.name, self.engine.device, voice.spec, phonemizer.backend,
+                 cfg.routing.output_rate, cfg.routing.mode)
+
+    def stop(self) -> None:
+        if self.stopped.is_set():
+            return
+        for server in (self._tcp, self._udp):
+            if server is not None:
+                server.shutdown()
+                server.server_close()
+        if self.registry is not None:
+            self.registry.shutdown()
+        if self.scheduler is not None:
+            self.scheduler.stop()
+        self.stopped.set()
+        log.info("stopped")

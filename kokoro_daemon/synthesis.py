@@ -1,0 +1,75 @@
+"""Text segment -> audio: phonemes, the one shared engine behind its lock, and an audio cache."""
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+
+import numpy as np
+
+from . import metrics
+from .engines import Engine
+from .g2p import G2PRegistry
+from .voices import Voice
+
+log = logging.getLogger(__name__)
+
+
+class AudioCache:
+    """LRU of synthesized segments keyed by (voice, speed, text), bounded in bytes.
+
+    Stock phrases ("Thank you for calling.") then cost no engine time. Cached arrays are
+    read-only and returned as they are, so a hit gives the identical samples.
+    """
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> np.ndarray | None:
+        with self._lock:
+            audio = self._entries.get(key)
+            if audio is not None:
+                self._entries.move_to_end(key)
+            return audio
+
+    def put(self, key: tuple, audio: np.ndarray) -> None:
+        if audio.nbytes > self.max_bytes:
+            return
+        audio.flags.writeable = False
+        with self._lock:
+            if key in self._entries:
+                return
+            self._entries[key] = audio
+            self._bytes += audio.nbytes
+            while self._bytes > self.max_bytes:
+                _, evicted = self._entries.popitem(last=False)
+                self._bytes -= evicted.nbytes
+
+
+class Synthesizer:
+    """Speaks one segment at a time; the engine lock is held for one model call, never across I/O."""
+
+    def __init__(self, engine: Engine, g2p: G2PRegistry, cache: AudioCache):
+        self.engine = engine
+        self.g2p = g2p
+        self.cache = cache
+        self.engine_lock = threading.Lock()
+
+    def phonemize(self, text: str, voice: Voice) -> str:
+        return self.g2p.get(voice.lang)(text)
+
+    def speak(self, text: str, voice: Voice, speed: float) -> np.ndarray:
+        key = (voice.spec, round(speed, 3), text)
+        audio = self.cache.get(key)
+        if audio is not None:
+            metrics.CACHE_HITS.inc()
+            return audio
+        phonemes = self.phonemize(text, voice)
+        with self.engine_lock:
+            audio = self.engine.synthesize(phonemes, voice.pack, speed)
+        metrics.SEGMENTS_SYNTHESIZED.inc()
+        self.cache.put(key, audio)
+        return audio
