@@ -167,7 +167,6 @@ class ConfigWatcher:
     def stop(self) -> None:
         if self._thread is None:
             return
-        self._stop_event.set()
         self._thread.join()
         self._thread = None
 

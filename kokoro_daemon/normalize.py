@@ -108,9 +108,14 @@ def _say_address(match: re.Match) -> str:
 
 # Abbreviations.
 
+def _opens_sentence(match: re.Match) -> bool:
+    return re.search(r"(?:^|[.!?]\s+)$", match.string[:match.start()]) is not None
+
+
 def _abbreviation(words: str, may_end_sentence: bool) -> Callable[[re.Match], str]:
     def say(match: re.Match) -> str:
-        spoken = words[0].upper() + words[1:] if match.group(0)[0].isupper() else words
+        capitalize = match.group(0)[0].isupper() and _opens_sentence(match)
+        spoken = words[0].upper() + words[1:] if capitalize else words
         return spoken + (_sentence_dot(match) if may_end_sentence else "")
     return say
 
@@ -136,6 +141,7 @@ _ABBREVIATIONS = [
     (r"\bapprox\.", "approximately", False),
     (r"\b[Nn]o\.(?=\s*\d)", "number", False),
     (r"\bext\.(?=\s*\d)", "extension", False),
+    (r"\bref\.(?=\s*#?\s*\d)", "reference", False),
     (r"\bw/o\b", "without", False),
     (r"\bw/(?=\s)", "with", False),
     (r"\bN/A\b", "not applicable", False),
@@ -180,12 +186,12 @@ _CODE_CUES = (
 
 
 def _say_code(match: re.Match) -> str:
-    """Order numbers, PINs, ZIP codes...: digit by digit, dash-separated parts as pauses."""
+    """Order numbers, PINs, ZIP codes...: digit by digit, each dash- or space-separated part a pause."""
     cue, code = match.group(1) + match.group(2), match.group(3)
     if code.isdigit() and len(code) < 3:
         return match.group(0)  # "code is 12 characters" counts, it doesn't identify
     cue = re.sub(r"\s*#\s*", " number ", cue).rstrip()
-    return f"{cue} " + ", ".join(_spell(part) for part in code.split("-"))
+    return f"{cue} " + ", ".join(_spell(part) for part in re.split(r"[-\s]", code))
 
 
 # Dates.
@@ -322,19 +328,19 @@ _RULES: list[tuple[re.Pattern, str | Callable[[re.Match], str]]] = [
     (re.compile(r"(?<![\w+$.])(?:(?:\+?1[ .-]?)?(?:\(\d{3}\)\s?|\d{3}[ .-])\d{3}[ .-]\d{4}"
                 r"|\+\d{1,3}(?:[ .-]\d{1,4}){2,5}|\d{3}-\d{4})(?![\w-])"), _say_phone),
     (re.compile(rf"(?i:\b({_CODE_CUES})(?![a-z])((?:\s*(?::|#|\bis\b))*\s*))"
-                r"((?=[A-Za-z\d-]*\d)[A-Za-z\d]+(?:-[A-Za-z\d]+)*)(?![\w$])"),
+                r"((?=[A-Za-z\d-]*\d)[A-Za-z\d]+(?:-[A-Za-z\d]+|\s\d{3,})*)(?![\w$])"),
      _say_code),
     (re.compile(r"(?<![\w/.])(\d{1,2})/(\d{1,2})(?:/(\d{4}|\d{2}))?(?![\w/]|\.\d)"), _slash_date),
     (re.compile(rf"\b({_MONTH})\.?\s+(\d{{1,2}})(?:st|nd|rd|th)?"
                 rf"(?:\s?[-–]\s?(\d{{1,2}})(?:st|nd|rd|th)?)?\b(?:,?\s+(1[1-9]\d\d|20\d\d)\b)?"), _month_date),
     # Ranges: a dash between two numbers or two day/month names reads "to".
     (re.compile(r"(?:(?<=\d)|(?<=\d[AaPp][Mm])|(?<=\d [AaPp][Mm])|(?<=[AaPp]\.[Mm]\.))"
-                r"(?:-|\s?[–—]\s?)(?=[$€£]?\d)"), " to "),
+                r"\s?[-–—]\s?(?=[$€£]?\d)"), " to "),
     (re.compile(rf"\b({_DAY_OR_MONTH})\.?\s?[-–—]\s?({_DAY_OR_MONTH})\b\.?"),
      lambda m: f"{_full_name(m.group(1))} to {_full_name(m.group(2))}"),
     (re.compile(r"(?<![\w)\]])[-−](?=[$€£]?\.?\d)"), "minus "),
     # Clock times, then ratios ("16:9") that are not times.
-    (re.compile(r"\b(?P<hour>\d{1,2}):(?P<minute>\d{2})\b(?:" + _HALF_DAY + ")?"), _time),
+    (re.compile(r"\b(?P<hour>\d{1,2}):(?P<minute>\d{2})(?!\d)(?:" + _HALF_DAY + ")?"), _time),
     (re.compile(r"\b(?P<hour>\d{1,2})" + _HALF_DAY), _time),
     (re.compile(r"(?<=\d):(?=\d)"), " to "),
     # Quantities.
@@ -349,6 +355,8 @@ _RULES: list[tuple[re.Pattern, str | Callable[[re.Match], str]]] = [
                 + r")(?![\w/])\.?"), _unit),
     (re.compile(r"\b(\d{1,3}(?:,\d{3})+|\d+)(?:st|nd|rd|th)\b"),
      lambda m: _padded(m, _ordinal(int(m.group(1).replace(",", ""))))),
+    (re.compile(r"(?<![\w.])\d+(?:\.\d+){2,}(?!\.?\d)"),  # versions, IP addresses
+     lambda m: " dot ".join(_cardinal(int(part)) for part in m.group(0).split("."))),
     (re.compile(r"(?<![\w.])((?:\d{1,3}(?:,\d{3})+|\d+)?\.\d+)(?!\.?\d)"), lambda m: _number(m.group(1))),
     (re.compile(r"(?<![\w,.])(1[1-9]\d\d|20\d\d)(s?)(?!,\d|\.\d|\w)"),
      lambda m: _plural(_year(int(m.group(1)))) if m.group(2) else _year(int(m.group(1)))),

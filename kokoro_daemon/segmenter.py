@@ -29,7 +29,6 @@ _CLOSING = re.compile(f"[{re.escape(_CLOSERS)}]*")
 _OPENING = re.compile(f"[{re.escape(_OPENERS)}]*")
 _SPACE = re.compile(r"\s*")
 _LINE_SPACE = re.compile(r"[^\S\n]*")
-_BLANK_LINE = re.compile(r"\n[^\S\n]*\n")
 _LIST_ITEM = re.compile(r"(?:[-*•]|\d{1,3}[.)])\s")
 _LIST_ITEM_PREFIX = re.compile(r"[-*•]|\d{1,3}[.)]?")
 _CLAUSE_IN_TEXT = re.compile(f"(?:[,;:—–]|(?<= )-)[{re.escape(_CLOSERS)}]*(?= )")
@@ -97,7 +96,11 @@ class SentenceSegmenter:
         return None if resume is None else (end, resume)
 
     def _find_boundary(self, final: bool) -> tuple[int, int | None]:
-        """Return (end, resume) of the first segment, or (safe end, None) while undecided."""
+        """Return (end, resume) of the next segment, or (safe, None) while a mark awaits more text.
+
+        No boundary can come before `safe`, which bounds what the over-long
+        check may count as part of the segment.
+        """
         safe = len(self._buf)
         for m in _CANDIDATE.finditer(self._buf):
             mark = m.group()
@@ -124,8 +127,6 @@ class SentenceSegmenter:
         after = _SPACE.match(buf, end).end()
         if after == end < len(buf):
             return None
-        if _BLANK_LINE.search(buf, end, after):
-            return end, after
         word_start = self._word_start(m.start())
         token = buf[word_start : m.end()].lstrip(_OPENERS)
         if after == len(buf):
@@ -150,6 +151,7 @@ class SentenceSegmenter:
         return end, end
 
     def _ambiguous_end(self, run: str, token: str, start: int) -> bool:
+        """Whether more text could still make this final "." part of a word or number."""
         if run != ".":
             return False
         word = token.lower()
@@ -190,6 +192,7 @@ class SentenceSegmenter:
         return (end, end) if self._buf[end].isspace() else None
 
     def _word_start(self, i: int) -> int:
+        """Abbreviations and list numbers are recognised by the whole word."""
         while i and not self._buf[i - 1].isspace():
             i -= 1
         return i

@@ -193,11 +193,12 @@ class _UDPServer(socketserver.UDPServer):
 class KokoroService:
     """Wires the parts together; ``start`` returns once the service answers on its ports."""
 
-    def __init__(self, config: ServiceConfig, engine: Engine | None = None):
+    def __init__(self, config: ServiceConfig, engine: Engine | None = None, g2p: G2PRegistry | None = None):
+        """``engine`` and ``g2p`` may be shared with other instances (tests, benchmarks) to load them once."""
         self.config = config
         self.engine = engine
         self.voices = VoiceLibrary(config.voices_dir, hub_download=config.hub_download)
-        self.g2p = G2PRegistry()
+        self.g2p = g2p or G2PRegistry()
         self.voice_setting: VoiceSetting | None = None
         self.synthesizer: Synthesizer | None = None
         self.scheduler: Scheduler | None = None

@@ -156,7 +156,7 @@ def test_set_refreshes_updated_at(db, db_path):
     query(db_path, "UPDATE system_config SET updated_at = '2000-01-01 00:00:00'"
                    " WHERE key = 'kokoro_voice'")
     db.set_kokoro_voice("af_bella")
-    ((age_s,),) = query(db_path, "SELECT unixepoch('now') - unixepoch(updated_at)"
+    ((age_s,),) = query(db_path, "SELECT strftime('%s', 'now') - strftime('%s', updated_at)"
                                  " FROM system_config WHERE key = 'kokoro_voice'")
     assert 0 <= age_s <= 5
 
@@ -222,6 +222,20 @@ def test_watcher_reports_only_changed_keys(db, watch):
     changes = {}
     while changes != {"kokoro_speed": "1.5", "kokoro_service_status": "running"}:
         changes.update(recorder.next())
+    time.sleep(5 * POLL_S)
+    assert recorder.calls.empty()
+
+
+def test_watcher_stop_is_prompt_and_final(db, watch):
+    recorder = Recorder()
+    watcher = watch(recorder, interval_s=30)
+    started = time.monotonic()
+    watcher.stop()
+    assert time.monotonic() - started < 1.0
+
+    watcher = watch(recorder)
+    watcher.stop()
+    db.set_kokoro_voice("af_bella")
     time.sleep(5 * POLL_S)
     assert recorder.calls.empty()
 

@@ -71,6 +71,7 @@ SPLIT_CASES = [
     ("period inside a word", "Done.Next step.", ["Done.Next step."]),
     ("blank lines", "Here are your options\n\nBilling\n\n\nSupport",
      ["Here are your options", "Billing", "Support"]),
+    ("blank line after a title", "Ask for Dr.\n\nnext, the forms.", ["Ask for Dr.", "next, the forms."]),
     ("blank line with spaces", "First part \n  \n second part", ["First part", "second part"]),
     ("numbered list", "Your options are:\n1. Billing\n2. Support",
      ["Your options are:", "1. Billing", "2. Support"]),
@@ -160,6 +161,9 @@ STREAM_CASES = [
     ("clause needs the following space",
      ["Certainly, let me look at that,", " then we can talk."],
      [[], ["Certainly, let me look at that,", "then we can talk."]], []),
+    ("opening quote ends a chunk",
+     ["He left. “", "yes,” she said."],
+     [[], ["He left. “yes,” she said."]], []),
     ("list marker split across chunks",
      ["Options:\n1", ". Billing\n2", ". Support"],
      [[], ["Options:"], ["1. Billing"]], ["2. Support"]),
@@ -194,6 +198,14 @@ def test_token_by_token_stream_yields_each_sentence_as_soon_as_it_ends():
     assert final == []
 
 
+def test_undecided_list_marker_does_not_count_toward_max_chars():
+    chunks = ["ab, defghij\n1", ". Billing"]
+    assert stream(chunks, max_chars=11, first_clause_min_chars=50) == (
+        [[], ["ab, defghij"]],
+        ["1. Billing"],
+    )
+
+
 def test_pending_tracks_buffered_text():
     segmenter = SentenceSegmenter()
     assert not segmenter.pending
@@ -215,7 +227,7 @@ def test_reuse_after_finish_gets_a_short_first_clause_again():
     assert second == ["Of course, I understand completely,", "give me a second.", "Done, all set."]
 
 
-def test_finish_discards_unfinished_state():
+def test_finish_flushes_an_unfinished_sentence_and_resets():
     segmenter = SentenceSegmenter()
     assert segmenter.add_chunk("I can look up your account") == []
     assert segmenter.finish() == ["I can look up your account"]
@@ -232,7 +244,7 @@ WORDS = [
     "a.m.", "p.m.", "Inc.", "No.", "no.", "St.", "$42.50", "$1,250.00", "42.", "10:15",
     "11/03/2026", "2.4.1", "www.example.com/path", "help@example.com", "Well...", "maybe",
     "yes!", "Really?!", "done.", "J.", "U.S.", "Army", "—", "–", "-", "call,", "note:",
-    "wait;", '"hi."', "(ok.)", "3.14", "…", "1.", "2)", "*",
+    "wait;", '"hi."', "(ok.)", "“yes,”", "(see", "3.14", "…", "1.", "2)", "*",
 ]
 SEPARATORS = [" ", " ", " ", "  ", "\n", "\n\n", " \n \n"]
 
@@ -240,14 +252,17 @@ texts = st.one_of(
     st.lists(st.tuples(st.sampled_from(WORDS), st.sampled_from(SEPARATORS)), max_size=40).map(
         lambda pairs: "".join(word + sep for word, sep in pairs)
     ),
-    st.text(alphabet="aB1 .,;:!?…-—\n\"')(@/$", max_size=120),
+    st.text(alphabet="aB1 .,;:!?…-—\n\"'“”)(@/$", max_size=120),
 )
 options = st.fixed_dictionaries(
-    {"first_clause_min_chars": st.integers(0, 30), "max_chars": st.integers(1, 120)}
+    {
+        "first_clause_min_chars": st.integers(0, 30),
+        "max_chars": st.one_of(st.integers(1, 30), st.integers(31, 300)),
+    }
 )
 
 # A chunk ending here may end a sentence that the whole text would continue.
-CHUNK_FINAL_AMBIGUITY = re.compile(r"[.!?…][\s\"'”’)\]»]*\Z")
+CHUNK_FINAL_AMBIGUITY = re.compile(r"[.!?…][\"'”’)\]»]*\s*\Z")
 
 
 def speakable_words(text):
@@ -259,7 +274,7 @@ def chunked(text, cuts):
     return [text[a:b] for a, b in zip(bounds, bounds[1:])]
 
 
-@settings(max_examples=20000, deadline=None)
+@settings(max_examples=5000, deadline=None)
 @given(texts, options)
 def test_split_text_keeps_every_word(text, kwargs):
     longest = max((len(w) for w in text.split()), default=1)
@@ -269,7 +284,7 @@ def test_split_text_keeps_every_word(text, kwargs):
     assert all(len(s) <= kwargs["max_chars"] and s == s.strip() for s in segments)
 
 
-@settings(max_examples=20000, deadline=None)
+@settings(max_examples=5000, deadline=None)
 @given(texts, options, st.data())
 def test_streaming_matches_whole_text(text, kwargs, data):
     cuts = data.draw(st.lists(st.integers(0, len(text)), max_size=10))
@@ -278,7 +293,7 @@ def test_streaming_matches_whole_text(text, kwargs, data):
     assert [s for segs in per_chunk for s in segs] + final == split_text(text, **kwargs)
 
 
-@settings(max_examples=20000, deadline=None)
+@settings(max_examples=5000, deadline=None)
 @given(texts, options, st.data())
 def test_any_chunking_keeps_every_character(text, kwargs, data):
     cuts = data.draw(st.lists(st.integers(0, len(text)), max_size=10))

@@ -1,0 +1,94 @@
+"""Shared fixtures: the real embedded model, loaded once, behind real services on free ports."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import wave
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from kokoro_daemon.calls import Routing  # noqa: E402
+from kokoro_daemon.engines import create_engine  # noqa: E402
+from kokoro_daemon.g2p import G2PRegistry  # noqa: E402
+from kokoro_daemon.server import KokoroService, ServiceConfig  # noqa: E402
+
+SHARED = ROOT.parent / "shared"
+VOICES_DIR = SHARED / "voices" / "v1_0"
+JUDGE = SHARED / "speech-judge" / "judge.sh"
+PHRASES = [line.strip() for line in (SHARED / "speech-judge" / "phrases.txt").read_text().splitlines()
+           if line.strip() and not line.startswith("#")]
+
+
+@pytest.fixture(scope="session")
+def engine():
+    return create_engine("onnx")
+
+
+@pytest.fixture(scope="session")
+def g2p():
+    return G2PRegistry()
+
+
+@contextmanager
+def running_service(engine, g2p, **overrides):
+    routing = overrides.pop("routing", Routing())
+    config = replace(ServiceConfig(host="127.0.0.1", tcp_port=0, udp_port=0, device="cpu",
+                                   voices_dir=str(VOICES_DIR), routing=routing), **overrides)
+    service = KokoroService(config, engine=engine, g2p=g2p)
+    service.start()
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+@pytest.fixture(scope="session")
+def service(engine, g2p):
+    with running_service(engine, g2p) as svc:
+        yield svc
+
+
+@pytest.fixture
+def make_service(engine, g2p):
+    """Start a service with other settings, stopped at the end of the test."""
+    started = []
+
+    def make(**overrides):
+        ctx = running_service(engine, g2p, **overrides)
+        started.append(ctx)
+        return ctx.__enter__()
+
+    yield make
+    for ctx in reversed(started):
+        ctx.__exit__(None, None, None)
+
+
+def write_wav(path: Path, samples: np.ndarray, rate: int) -> Path:
+    pcm = (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm.tobytes())
+    return path
+
+
+def judge(tmp_path: Path, items: list[tuple[Path, str]]) -> dict:
+    """Score WAVs with the offline Whisper judge: {"overall_wer": x, "files": [{"wav", "wer", "transcript"}...]}."""
+    import json
+    manifest = tmp_path / "manifest.tsv"
+    manifest.write_text("".join(f"{wav}\t{text}\n" for wav, text in items))
+    result = tmp_path / "judge.json"
+    proc = subprocess.run(["bash", str(JUDGE), "score", str(manifest), "--json", str(result)],
+                          capture_output=True, text=True, timeout=600, env=os.environ.copy())
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return json.loads(result.read_text())

@@ -1,0 +1,203 @@
+"""normalize_english: what a phone agent writes -> the words a caller should hear."""
+import re
+
+import pytest
+
+from kokoro_daemon.normalize import normalize_english
+
+CASES = [
+    # Clock times (AM/PM written "AM"/"PM": G2P spells them; "A M" reads as "uh M").
+    ("10:15 AM", "ten fifteen AM"),
+    ("7:45pm", "seven forty-five PM"),
+    ("4:30", "four thirty"),
+    ("9:05 a.m. tomorrow", "nine oh five AM tomorrow"),
+    ("12:00 p.m.", "twelve noon."),
+    ("Open until 12:00 am tonight", "Open until twelve midnight tonight"),
+    ("3:00 PM", "three PM"),
+    ("3 PM", "three PM"),
+    ("at 3pm", "at three PM"),
+    ("Lunch at noon or midnight.", "Lunch at noon or midnight."),
+    ("14:30", "fourteen thirty"),
+    ("14:00", "fourteen hundred"),
+    ("4:00", "four o'clock"),
+    ("See you at 9 a.m. Thanks!", "See you at nine AM. Thanks!"),
+    ("We close at 5:30 P.M. on Fridays.", "We close at five thirty PM on Fridays."),
+    ("Call at 12 noon.", "Call at twelve noon."),
+    # Money.
+    ("$42.50", "forty-two dollars and fifty cents"),
+    ("$1,250", "one thousand two hundred fifty dollars"),
+    ("$1", "one dollar"),
+    ("$0.99", "ninety-nine cents"),
+    ("89.99 dollars", "eighty-nine dollars and ninety-nine cents"),
+    ("50 cents", "fifty cents"),
+    ("50¢", "fifty cents"),
+    ("€20", "twenty euros"),
+    ("£5.50", "five pounds and fifty pence"),
+    ("$3.5 million", "three point five million dollars"),
+    ("$12.00", "twelve dollars"),
+    ("$5k", "five thousand dollars"),
+    ("$125", "one hundred twenty-five dollars"),
+    ("$0.01", "one cent"),
+    ("1.50 euros", "one euro and fifty cents"),
+    ("The total is $1,234.56.", "The total is one thousand two hundred thirty-four dollars and fifty-six cents."),
+    # Dates and years.
+    ("June 9th", "June ninth"),
+    ("June 9", "June ninth"),
+    ("11/03", "November third"),
+    ("11/03/2026", "November third, twenty twenty-six"),
+    ("on the 1st", "on the first"),
+    ("2026-11-24", "November twenty-fourth, twenty twenty-six"),
+    ("in 2025", "in twenty twenty-five"),
+    ("1999", "nineteen ninety-nine"),
+    ("2000", "two thousand"),
+    ("2005", "two thousand five"),
+    ("June 9, 2026", "June ninth, twenty twenty-six"),
+    ("Jan 5", "January fifth"),
+    ("Sept. 30th", "September thirtieth"),
+    ("June 9-12", "June ninth to twelfth"),
+    ("the 1990s", "the nineteen nineties"),
+    ("in 1905", "in nineteen oh five"),
+    ("on 12/25/26", "on December twenty-fifth, twenty twenty-six"),
+    # Ordinals.
+    ("1st", "first"),
+    ("2nd", "second"),
+    ("3rd", "third"),
+    ("21st", "twenty-first"),
+    ("100th", "one hundredth"),
+    ("the 2nd floor", "the second floor"),
+    ("our 112th store", "our one hundred twelfth store"),
+    # Phone numbers and identifiers, digit by digit.
+    ("555-0142", "five five five, zero one four two"),
+    ("(555) 123-4567", "five five five, one two three, four five six seven"),
+    ("+1 800 555 0199", "plus one, eight zero zero, five five five, zero one nine nine"),
+    ("1-800-555-0199", "one, eight zero zero, five five five, zero one nine nine"),
+    ("Call 555.123.4567.", "Call five five five, one two three, four five six seven."),
+    ("card ending in 4417", "card ending in four four one seven"),
+    ("order number 123456", "order number one two three four five six"),
+    ("order #48213", "order number four eight two one three"),
+    ("ticket 90210", "ticket nine zero two one zero"),
+    ("confirmation code A7X92", "confirmation code A seven X nine two"),
+    ("account number 0012345", "account number zero zero one two three four five"),
+    ("ZIP code 94107", "ZIP code nine four one zero seven"),
+    ("PIN 1234", "PIN one two three four"),
+    ("extension 204", "extension two zero four"),
+    ("ext. 204", "extension two zero four"),
+    ("flight 237", "flight two three seven"),
+    ("Your PIN is 1234.", "Your PIN is one two three four."),
+    ("confirmation code AB-12345", "confirmation code A B, one two three four five"),
+    ("Reference 12345678", "Reference one two three four five six seven eight"),
+    ("The code is 12 characters long.", "The code is twelve characters long."),
+    # Plain numbers, negatives and ranges.
+    ("3 items", "three items"),
+    ("1,250 people", "one thousand two hundred fifty people"),
+    ("125", "one hundred twenty-five"),
+    ("-5 degrees", "minus five degrees"),
+    ("9-5", "nine to five"),
+    ("Monday-Friday", "Monday to Friday"),
+    ("Mon–Fri", "Monday to Friday"),
+    ("9am-5pm", "nine AM to five PM"),
+    ("Open 9 AM - 5 PM", "Open nine AM to five PM"),
+    ("2-3 days", "two to three days"),
+    ("$10-$20", "ten dollars to twenty dollars"),
+    ("500-1000 people", "five hundred to one thousand people"),
+    ("16:9 screens", "sixteen to nine screens"),
+    ("5G network", "five G network"),
+    ("1,000,000 users", "one million users"),
+    # Decimals, fractions and units.
+    ("3.2 kg", "three point two kilograms"),
+    ("3.2 kilograms", "three point two kilograms"),
+    ("1 kg", "one kilogram"),
+    ("21 degrees", "twenty-one degrees"),
+    ("21°F", "twenty-one degrees Fahrenheit"),
+    ("21°C", "twenty-one degrees Celsius"),
+    ("-5°C", "minus five degrees Celsius"),
+    ("5%", "five percent"),
+    ("2.5%", "two point five percent"),
+    ("10 km", "ten kilometers"),
+    ("5 mi", "five miles"),
+    ("12 lbs of flour", "twelve pounds of flour"),
+    ("3 oz", "three ounces"),
+    ("500 mg", "five hundred milligrams"),
+    ("2 GB", "two gigabytes"),
+    ("30 min", "thirty minutes"),
+    ("2 hrs", "two hours"),
+    ("100 mph", "one hundred miles per hour"),
+    ("5 ft", "five feet"),
+    ("1 ft", "one foot"),
+    ("3 in a row", "three in a row"),
+    ("0.5", "zero point five"),
+    (".5", "point five"),
+    ("3.14", "three point one four"),
+    ("It costs 3.5.", "It costs three point five."),
+    ("1/2 cup", "one half cup"),
+    ("version 3.5.1", "version three dot five dot one"),
+    # Abbreviations.
+    ("Dr. Smith", "Doctor Smith"),
+    ("Mr. Jones and Mrs. Jones", "Mister Jones and Missus Jones"),
+    ("Ask Ms. Lee", "Ask Miz Lee"),
+    ("We are at 123 Main St.", "We are at one hundred twenty-three Main Street."),
+    ("Visit St. Louis today.", "Visit Saint Louis today."),
+    ("5th Ave. and Sunset Blvd.", "fifth Avenue and Sunset Boulevard."),
+    ("Turn onto Elm Rd. and park.", "Turn onto Elm Road and park."),
+    ("Call Dr. Patel on Sunset Dr. tomorrow.", "Call Doctor Patel on Sunset Drive tomorrow."),
+    ("a weekday, e.g. Monday", "a weekday, for example Monday"),
+    ("soon, i.e. today", "soon, that is today"),
+    ("pens, paper, etc. Thanks", "pens, paper, et cetera. Thanks"),
+    ("cats vs. dogs", "cats versus dogs"),
+    ("approx. 5 minutes", "approximately five minutes"),
+    ("John Smith Jr. called", "John Smith Junior called"),
+    ("Apt. 4", "Apartment four"),
+    ("Table No. 5 is ready.", "Table number five is ready."),
+    # URLs and e-mail.
+    ("www.example.com", "W W W dot example dot com"),
+    ("https://example.com/help", "example dot com slash help"),
+    ("help@acme.io", "help at acme dot I O"),
+    ("john.smith@example.com", "john dot smith at example dot com"),
+    ("Email support@acme.co.uk.", "Email support at acme dot C O dot U K."),
+    ("Visit https://www.acme.io/support/faq.", "Visit W W W dot acme dot I O slash support slash faq."),
+    ("Go to acme.org/order-status", "Go to acme dot org slash order dash status"),
+    ("See example.net/page2", "See example dot net slash page two"),
+    # Symbols.
+    ("Tom & Jerry", "Tom and Jerry"),
+    ("Meet @ 5", "Meet at five"),
+    ("#5", "number five"),
+    ("# 5", "number five"),
+    ("A+ rating", "A plus rating"),
+    ("2 + 2 = 4", "two plus two equals four"),
+    ("and/or", "and or"),
+    ("yes/no", "yes or no"),
+    ("well-known Wi-Fi", "well-known Wi-Fi"),
+    ("open 24/7", "open twenty-four seven"),
+    # Mixed.
+    ("Your appointment with Dr. Lee is Monday, June 9th at 10:15 AM.",
+     "Your appointment with Doctor Lee is Monday, June ninth at ten fifteen AM."),
+    ("We're open 24/7, call 1-800-555-0199 or email help@acme.io.",
+     "We're open twenty-four seven, call one, eight zero zero, five five five, zero one nine nine "
+     "or email help at acme dot I O."),
+    ("Your order #48213 of 3 items ($42.50) ships 11/03.",
+     "Your order number four eight two one three of three items (forty-two dollars and fifty cents) "
+     "ships November third."),
+]
+
+
+@pytest.mark.parametrize("text, expected", CASES)
+def test_normalize(text, expected):
+    assert normalize_english(text) == expected
+
+
+@pytest.mark.parametrize("text", [case[0] for case in CASES])
+def test_no_digits_or_symbols_left(text):
+    spoken = normalize_english(text)
+    assert not re.search(r"[\d$€£%&@#]", spoken), spoken
+
+
+@pytest.mark.parametrize("text", [
+    "Thanks for calling! How can I help you today?",
+    "Sure, I can check that for you. May I have your name, please?",
+    "I'm sorry to hear that; let's get it sorted out.",
+    "Of course. Is there anything else I can help you with?",
+    "The well-known Wi-Fi network is \"Guest\", and I am happy to help.",
+    "Have a great day — goodbye!",
+])
+def test_plain_text_passes_through(text):
+    assert normalize_english(text) == text

@@ -1,0 +1,193 @@
+"""The daemon end to end: real server, real sockets, the real embedded model and voice packs."""
+from __future__ import annotations
+
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from conftest import PHRASES, ROOT, judge, write_wav
+from kokoro_daemon import metrics
+from peers import BYE, LlamaClient, send_datagram
+
+SEED_VOICES = ["af_sky", "af_bella", "af_sarah", "am_adam", "am_michael", "bf_emma", "bf_isabella", "bm_george",
+               "bm_lewis"]
+
+
+def counter(name: str, **labels) -> float:
+    return metrics.FRAMES_SENT._registry.get_sample_value(name, labels or None) or 0.0  # noqa: SLF001
+
+
+def speak(address, call_id: str, *texts: str) -> list:
+    with LlamaClient(address, call_id) as client:
+        for text in texts:
+            client.text(text)
+        client.bye()
+        return client.read_until_bye()
+
+
+def assert_frames(frames, rate: int = 24000) -> np.ndarray:
+    assert frames, "no audio"
+    assert [f.chunk_id for f in frames] == list(range(1, len(frames) + 1))
+    assert all(f.rate == rate for f in frames)
+    audio = np.concatenate([f.samples for f in frames])
+    assert np.isfinite(audio).all() and np.abs(audio).max() > 0.05
+    return audio
+
+
+def test_smoke_script_against_the_service(service):
+    host, port = service.tcp_address
+    proc = subprocess.run([sys.executable, str(ROOT / "test_kokoro_service.py"), "--host", host, "--port", str(port)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for line in ("Connected", "Sent HELLO", "Sent text", "bytes of audio data", "Test completed successfully"):
+        assert line in proc.stdout
+
+
+def test_smoke_script_fails_without_a_service():
+    from peers import free_port
+    proc = subprocess.run([sys.executable, str(ROOT / "test_kokoro_service.py"), "--port", str(free_port())],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "Test failed" in proc.stderr
+
+
+def test_bye_after_text_delivers_its_audio_then_bye(service):
+    frames = speak(service.tcp_address, "4101", "Thank you for calling. How can I help you today?")
+    audio = assert_frames(frames)
+    assert len(frames) == 2  # one frame per sentence
+    assert 1.5 < audio.size / 24000 < 8
+
+
+def test_every_seed_voice_speaks(service):
+    before = {}
+    for voice in SEED_VOICES:
+        service.set_voice(voice)
+        frames = speak(service.tcp_address, f"v-{voice}", "Hello there.")
+        before[voice] = assert_frames(frames)
+    service.set_voice("af_sky")
+    assert len({a.tobytes() for a in before.values()}) == len(SEED_VOICES)
+
+
+def test_header_split_across_segments(service):
+    hello = struct.pack(">I", 4) + b"4102"
+    text = "Split headers work."
+    message = struct.pack(">I", len(text)) + text.encode()
+    with LlamaClient(service.tcp_address) as client:
+        for part in (hello + message)[:6], (hello + message)[6:9], (hello + message)[9:]:
+            for byte in part:
+                client.send_raw(bytes([byte]))
+                time.sleep(0.002)
+        client.send_raw(BYE[:1])
+        time.sleep(0.05)
+        client.send_raw(BYE[1:])
+        assert_frames(client.read_until_bye())
+
+
+def test_two_calls_at_once(service):
+    results = {}
+
+    def run(call_id, text):
+        results[call_id] = speak(service.tcp_address, call_id, text)
+
+    threads = [threading.Thread(target=run, args=(cid, text)) for cid, text in
+               (("4103", "The first caller hears this. Then a second sentence."),
+                ("4104", "The second caller hears something else entirely."))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    a, b = assert_frames(results["4103"]), assert_frames(results["4104"])
+    assert a.size != b.size
+
+
+def test_piper_load_test_style_call(service):
+    """Non-numeric call_id, then the text 'BYE' sent as an ordinary chunk; one reply header read."""
+    with LlamaClient(service.tcp_address, "load_test_001") as client:
+        client.text("This is a load test message.")
+        client.text("BYE")
+        frame = client.read_frame()
+        assert frame.chunk_id == 1 and frame.rate == 24000 and frame.samples.size > 0
+
+
+def test_long_lived_connection_keeps_working(service):
+    with LlamaClient(service.tcp_address, "4105") as client:
+        client.text("First reply.")
+        first = client.read_frame()
+        time.sleep(1.5)  # idle, as the LLaMA client is between replies
+        client.text("Second reply, a while later.")
+        second = client.read_frame()
+        assert (first.chunk_id, second.chunk_id) == (1, 2)
+
+
+def _assert_served_after(service):
+    frames = speak(service.tcp_address, "4199", "Still here.")
+    assert_frames(frames)
+
+
+@pytest.mark.parametrize("raw, log_text", [
+    (struct.pack(">I", 0), "HELLO call_id length 0"),
+    (struct.pack(">I", 2000) + b"x" * 2000, "HELLO call_id length 2000"),
+    (struct.pack(">I", 3) + b"\xff\xfe\xfd", "not valid UTF-8"),
+    (BYE, "BYE received before HELLO"),
+])
+def test_bad_hello_is_refused(service, caplog, raw, log_text):
+    with LlamaClient(service.tcp_address) as client:
+        client.send_raw(raw)
+        assert client.is_closed_by_peer()
+    assert log_text in caplog.text
+    _assert_served_after(service)
+
+
+def test_oversized_text_closes_only_that_connection(service, caplog):
+    with LlamaClient(service.tcp_address, "4106") as bad, LlamaClient(service.tcp_address, "4107") as good:
+        bad.send_raw(struct.pack(">I", 10 * 1024 * 1024 + 1))
+        assert bad.is_closed_by_peer()
+        good.text("The other caller is unaffected.")
+        good.bye()
+        assert_frames(good.read_until_bye())
+    assert "exceeds the 10485760-byte limit" in caplog.text
+
+
+def test_invalid_utf8_text_costs_only_that_chunk(service, caplog):
+    with LlamaClient(service.tcp_address, "4108") as client:
+        client.send_raw(struct.pack(">I", 4) + b"ok\xc3\x28")
+        client.text("This sentence still arrives.")
+        client.bye()
+        frames = client.read_until_bye()
+    assert_frames(frames)
+    assert len(frames) == 1
+    assert "not valid UTF-8" in caplog.text
+
+
+def test_peer_disconnect_mid_frame(service, caplog):
+    with LlamaClient(service.tcp_address, "4109") as client:
+        client.send_raw(struct.pack(">I", 100) + b"only part of it")
+    deadline = time.monotonic() + 10
+    while "peer closed inside a 100-byte text" not in caplog.text and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "peer closed inside a 100-byte text" in caplog.text
+    _assert_served_after(service)
+
+
+@pytest.mark.parametrize("datagram", [b"HELLO", b"REGISTER:", b"\xff\xfe", b"BYE", b"REGISTER 5", b"x" * 2000])
+def test_garbage_datagrams_are_ignored(service, caplog, datagram):
+    send_datagram(service.udp_address, datagram)
+    deadline = time.monotonic() + 5
+    while "ignored datagram" not in caplog.text and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert "ignored datagram" in caplog.text
+    _assert_served_after(service)
+
+
+@pytest.mark.judge
+def test_first_five_phrases_are_intelligible(service, tmp_path):
+    items = []
+    for n, text in enumerate(PHRASES[:5]):
+        audio = assert_frames(speak(service.tcp_address, f"judge-{n}", text))
+        items.append((write_wav(tmp_path / f"phrase{n}.wav", audio, 24000), text))
+    result = judge(tmp_path, items)
+    assert result["overall_wer"] <= 0.08, result
