@@ -167,6 +167,7 @@ class ConfigWatcher:
     def stop(self) -> None:
         if self._thread is None:
             return
+        self._stop_event.set()
         self._thread.join()
         self._thread = None
 

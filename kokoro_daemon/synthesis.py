@@ -15,6 +15,21 @@ from .voices import Voice
 log = logging.getLogger(__name__)
 
 
+def trim_silence(audio: np.ndarray, sample_rate: int, lead_s: float = 0.04, tail_s: float = 0.15,
+                 threshold: float = 0.01) -> np.ndarray:
+    """Cut the model's leading and trailing silence down to short pads.
+
+    The caller should hear a segment's first syllable as soon as its frame arrives; the
+    short tail keeps a natural pause between consecutive segments.
+    """
+    loud = np.flatnonzero(np.abs(audio) > threshold)
+    if loud.size == 0:
+        return audio
+    start = max(0, loud[0] - int(lead_s * sample_rate))
+    end = min(audio.size, loud[-1] + 1 + int(tail_s * sample_rate))
+    return audio[start:end]
+
+
 class AudioCache:
     """LRU of synthesized segments keyed by (voice, speed, text), bounded in bytes.
 
@@ -70,6 +85,7 @@ class Synthesizer:
         phonemes = self.phonemize(text, voice)
         with self.engine_lock:
             audio = self.engine.synthesize(phonemes, voice.pack, speed)
+        audio = trim_silence(audio, self.engine.sample_rate)
         metrics.SEGMENTS_SYNTHESIZED.inc()
         self.cache.put(key, audio)
         return audio

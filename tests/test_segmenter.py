@@ -274,7 +274,7 @@ def chunked(text, cuts):
     return [text[a:b] for a, b in zip(bounds, bounds[1:])]
 
 
-@settings(max_examples=5000, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(texts, options)
 def test_split_text_keeps_every_word(text, kwargs):
     longest = max((len(w) for w in text.split()), default=1)
@@ -284,7 +284,7 @@ def test_split_text_keeps_every_word(text, kwargs):
     assert all(len(s) <= kwargs["max_chars"] and s == s.strip() for s in segments)
 
 
-@settings(max_examples=5000, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(texts, options, st.data())
 def test_streaming_matches_whole_text(text, kwargs, data):
     cuts = data.draw(st.lists(st.integers(0, len(text)), max_size=10))
@@ -293,7 +293,7 @@ def test_streaming_matches_whole_text(text, kwargs, data):
     assert [s for segs in per_chunk for s in segs] + final == split_text(text, **kwargs)
 
 
-@settings(max_examples=5000, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(texts, options, st.data())
 def test_any_chunking_keeps_every_character(text, kwargs, data):
     cuts = data.draw(st.lists(st.integers(0, len(text)), max_size=10))

@@ -1,0 +1,494 @@
+#!/usr/bin/env python3
+"""Benchmark of the Kokoro service against its own engine, on this machine, in one run.
+
+Measures the real service (a subprocess, spoken to over TCP as the LLaMA clients do) and the
+bare ONNX engine (in this process) while the service is idle, and reports ratios between
+them, so that the figures stay comparable on a noisy shared machine. See bench/README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from kokoro_daemon.engines import create_engine  # noqa: E402
+from kokoro_daemon.g2p import G2PRegistry  # noqa: E402
+from kokoro_daemon.segmenter import split_text  # noqa: E402
+from kokoro_daemon.voices import VoiceLibrary  # noqa: E402
+
+REPLY = ("Thank you for calling. How can I help you today? I can look up your account, "
+         "book an appointment, or transfer you to billing.")
+STOCK_PHRASE = "Thank you for calling."
+VOICE = "af_sky"
+CONCURRENCY = (1, 4, 8)
+BYE = 0xFFFFFFFF
+READY_TIMEOUT_S = 180.0
+CALL_TIMEOUT_S = 400.0
+SAMPLE_TOLERANCE = 0.01
+
+TARGETS = {
+    "ttfa_1_over_bare_first_segment": ("<=", 1.25),
+    "ttfa_1_over_bare_whole_reply": ("<=", 0.4),
+    "ttfa_4_p95_over_ttfa_1": ("<=", 4.5),
+    "rtf_4_over_bare": (">=", 0.9),
+    "rtf_8_over_bare": (">=", 0.9),
+    "cache_hit_ttfa_ms": ("<", 20.0),
+}
+
+
+class BenchmarkError(RuntimeError):
+    """The benchmark itself broke (the service did not start, or its audio was wrong)."""
+
+
+def log(message: str) -> None:
+    """Progress on stderr, so the table on stdout stays clean."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def free_port(kind: int) -> int:
+    """A port the kernel says is free now, for the service to bind."""
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- the service as a subprocess ------------------------------------------------------
+
+class ServiceProcess:
+    """``kokoro_service.py`` on free ports; its stderr is kept (and saved) to see when it is ready."""
+
+    def __init__(self, voices_dir: Path, log_path: Path, cache_mb: float | None):
+        self.tcp_port = free_port(socket.SOCK_STREAM)
+        command = [sys.executable, str(ROOT / "kokoro_service.py"), "--engine", "onnx", "--device", "cpu",
+                   "-t", str(self.tcp_port), "-u", str(free_port(socket.SOCK_DGRAM)),
+                   "--voices-dir", str(voices_dir)]
+        if cache_mb is not None:
+            command += ["--cache-mb", str(cache_mb)]
+        self.log_path = log_path
+        self.lines: list[str] = []
+        self.ready_line = threading.Event()
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True)
+        self._reader = threading.Thread(target=self._read_log, daemon=True)
+        self._reader.start()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return "127.0.0.1", self.tcp_port
+
+    def _read_log(self) -> None:
+        """Drain stderr continuously: a full pipe would block the service's logging."""
+        with open(self.log_path, "w", encoding="utf-8") as out:
+            for line in self.proc.stderr:
+                self.lines.append(line.rstrip("\n"))
+                out.write(line)
+                out.flush()
+                if "ready in" in line:
+                    self.ready_line.set()
+
+    def wait_ready(self) -> dict:
+        """Seconds from launch until the port accepts AND the 'ready in' line is out, plus the service's own figure."""
+        deadline = self.started + READY_TIMEOUT_S
+        while time.perf_counter() < deadline:
+            if self.proc.poll() is not None:
+                raise BenchmarkError(f"service exited with {self.proc.returncode} before it was ready:\n"
+                                     + "\n".join(self.lines[-20:]))
+            if self.ready_line.is_set() and self._accepts():
+                elapsed = time.perf_counter() - self.started
+                own = next((re.search(r"ready in ([\d.]+) s", line) for line in self.lines if "ready in" in line))
+                return {"startup_s": elapsed, "service_reported_s": float(own.group(1)) if own else None}
+            time.sleep(0.05)
+        raise BenchmarkError(f"service not ready after {READY_TIMEOUT_S:.0f} s:\n" + "\n".join(self.lines[-20:]))
+
+    def _accepts(self) -> bool:
+        try:
+            with socket.create_connection(self.address, timeout=1.0):
+                return True
+        except OSError:
+            return False
+
+    def memory_mb(self) -> dict:
+        """Resident (VmRSS) and peak resident (VmHWM) memory, from /proc."""
+        fields = {}
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                fields[key] = int(value.split()[0]) / 1024
+        return {"rss_mb": fields["VmRSS"], "peak_rss_mb": fields["VmHWM"]}
+
+    def stop(self) -> None:
+        """SIGTERM (the service's clean shutdown), then SIGKILL if it lingers."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._reader.join(timeout=5)
+
+
+# -- a LLaMA client ---------------------------------------------------------------------
+
+@dataclass
+class CallResult:
+    call_id: str
+    sent_at: float = 0.0
+    first_at: float | None = None
+    last_at: float | None = None
+    frames: list[tuple[int, int, int]] = field(default_factory=list)   # (chunk_id, rate, samples)
+    error: str | None = None
+
+    @property
+    def ttfa_s(self) -> float:
+        return self.first_at - self.sent_at
+
+    @property
+    def total_s(self) -> float:
+        return self.last_at - self.sent_at
+
+    @property
+    def samples(self) -> int:
+        return sum(n for _, _, n in self.frames)
+
+    @property
+    def audio_s(self) -> float:
+        return sum(n / rate for _, rate, n in self.frames)
+
+
+def recv_exact(sock: socket.socket, size: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < size:
+        chunk = sock.recv(min(size - len(buf), 1 << 20))
+        if not chunk:
+            raise ConnectionError(f"service closed after {len(buf)} of {size} bytes")
+        buf += chunk
+    return bytes(buf)
+
+
+def run_call(address, call_id: str, text: str, barrier: threading.Barrier | None = None) -> CallResult:
+    """One call as the LLaMA peer makes it: HELLO, one text chunk, BYE; then read frames to the service's BYE.
+
+    Connecting and HELLO happen before the barrier, so concurrent calls start their text together.
+    """
+    result = CallResult(call_id)
+    try:
+        with socket.create_connection(address, timeout=CALL_TIMEOUT_S) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            raw_id = call_id.encode()
+            sock.sendall(struct.pack(">I", len(raw_id)) + raw_id)
+            if barrier is not None:
+                barrier.wait()
+            raw = text.encode("utf-8")
+            result.sent_at = time.perf_counter()
+            sock.sendall(struct.pack(">I", len(raw)) + raw)
+            sock.sendall(struct.pack(">I", BYE))
+            while True:
+                head = recv_exact(sock, 4)
+                size = struct.unpack(">I", head)[0]
+                if size == BYE:
+                    break
+                rate, chunk_id = struct.unpack(">II", recv_exact(sock, 8))
+                recv_exact(sock, size)
+                result.last_at = time.perf_counter()
+                result.first_at = result.first_at or result.last_at
+                result.frames.append((chunk_id, rate, size // 4))
+    except (OSError, threading.BrokenBarrierError) as exc:
+        result.error = f"{type(exc).__name__}: {exc}"
+    return result
+
+
+def concurrent_calls(address, count: int, text: str, first_id: int) -> list[CallResult]:
+    """``count`` calls on their own connections with unique numeric ids, text sent at the same instant."""
+    barrier = threading.Barrier(count)
+    results: list[CallResult | None] = [None] * count
+
+    def one(i: int) -> None:
+        results[i] = run_call(address, str(first_id + i), text, barrier)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def check_call(result: CallResult, expected_frames: int, reference_samples: int | None) -> list[str]:
+    """Why a call's audio is wrong: an error, chunk_ids not 1..n in order, missing frames or samples."""
+    where = f"call {result.call_id}"
+    if result.error:
+        return [f"{where}: {result.error}"]
+    problems = []
+    ids = [chunk_id for chunk_id, _, _ in result.frames]
+    if ids != list(range(1, len(ids) + 1)):
+        problems.append(f"{where}: chunk_ids {ids}, expected 1..{len(ids)} in order")
+    if len(ids) != expected_frames:
+        problems.append(f"{where}: {len(ids)} frames, expected {expected_frames} (one per segment)")
+    if reference_samples is not None and abs(result.samples - reference_samples) > SAMPLE_TOLERANCE * reference_samples:
+        problems.append(f"{where}: {result.samples} samples, single-call reference {reference_samples}")
+    return problems
+
+
+def summarize(results: list[CallResult]) -> dict:
+    """Per-level figures: time to first audio percentiles, wall time, audio delivered per wall second."""
+    ttfa = np.array([r.ttfa_s for r in results])
+    wall = max(r.last_at for r in results) - min(r.sent_at for r in results)
+    audio = sum(r.audio_s for r in results)
+    return {"calls": len(results), "ttfa_p50_s": float(np.percentile(ttfa, 50)),
+            "ttfa_p95_s": float(np.percentile(ttfa, 95)), "ttfa_all_s": ttfa.tolist(),
+            "wall_s": wall, "audio_s": audio, "rtf": audio / wall}
+
+
+def measure_service(address, repeats: int, expected_frames: int) -> tuple[dict, list[str]]:
+    """1 call (median of ``repeats``), then 4 and 8 concurrent calls; every call's frames checked."""
+    problems: list[str] = []
+    singles = [run_call(address, str(100 + i), REPLY) for i in range(repeats)]
+    reference = next((r.samples for r in singles if not r.error and r.frames), None)
+    for r in singles:
+        problems += check_call(r, expected_frames, reference)
+    if problems:
+        return {}, problems
+    levels = {}
+    median_run = sorted(singles, key=lambda r: r.ttfa_s)[len(singles) // 2]
+    levels[1] = {"calls": 1, "runs": repeats,
+                 "ttfa_p50_s": statistics.median(r.ttfa_s for r in singles),
+                 "ttfa_p95_s": float(np.percentile([r.ttfa_s for r in singles], 95)),
+                 "ttfa_all_s": [r.ttfa_s for r in singles],
+                 "wall_s": statistics.median(r.total_s for r in singles),
+                 "audio_s": median_run.audio_s,
+                 "rtf": statistics.median(r.audio_s / r.total_s for r in singles),
+                 "samples_per_call": reference}
+    for count in CONCURRENCY[1:]:
+        log(f"service: {count} concurrent calls")
+        results = concurrent_calls(address, count, REPLY, first_id=1000 * count)
+        for r in results:
+            problems += check_call(r, expected_frames, reference)
+        if problems:
+            return levels, problems
+        levels[count] = summarize(results)
+    return levels, problems
+
+
+def measure_cache(address, hits: int) -> tuple[dict, list[str]]:
+    """The stock phrase once (a miss), then again on new connections (hits, served from the cache)."""
+    miss = run_call(address, "500", STOCK_PHRASE)
+    problems = check_call(miss, 1, None)
+    results = [run_call(address, str(501 + i), STOCK_PHRASE) for i in range(hits)]
+    for r in results:
+        problems += check_call(r, 1, miss.samples)
+    if problems:
+        return {}, problems
+    ttfa = [r.ttfa_s * 1000 for r in results]
+    return {"miss_ttfa_ms": miss.ttfa_s * 1000, "hit_ttfa_ms": statistics.median(ttfa), "hit_ttfa_all_ms": ttfa}, []
+
+
+# -- the bare engine ------------------------------------------------------------------
+
+class BareEngine:
+    """The service's engine, phonemizer and voice, in this process, with no service around them."""
+
+    def __init__(self, voices_dir: Path):
+        self.engine = create_engine("onnx")
+        voice = VoiceLibrary(voices_dir).load(VOICE)
+        self.pack = voice.pack
+        self.phonemize = G2PRegistry().get(voice.lang)
+
+    def speak(self, text: str) -> tuple[float, float]:
+        """(wall seconds, audio seconds) of phonemize + synthesize, what the service does per segment."""
+        start = time.perf_counter()
+        audio = self.engine.synthesize(self.phonemize(text), self.pack, 1.0)
+        return time.perf_counter() - start, len(audio) / self.engine.sample_rate
+
+    def measure(self, repeats: int) -> dict:
+        """Median of ``repeats`` for the service's first segment and for the whole reply as one call."""
+        first = [self.speak(split_text(REPLY)[0]) for _ in range(repeats)]
+        whole = [self.speak(REPLY) for _ in range(repeats)]
+        whole_s = statistics.median(w for w, _ in whole)
+        return {"first_segment_s": statistics.median(w for w, _ in first), "first_segment_audio_s": first[0][1],
+                "whole_reply_s": whole_s, "whole_reply_audio_s": whole[0][1],
+                "rtf": statistics.median(a / w for w, a in whole)}
+
+
+def mean_of_passes(passes: list[dict]) -> dict:
+    """The two bare passes bracket the service run; their mean cancels slow drift of the machine's load."""
+    return {key: statistics.fmean(p[key] for p in passes) for key in passes[0]}
+
+
+# -- report ---------------------------------------------------------------------------
+
+def compute_ratios(bare: dict, levels: dict, cache: dict) -> dict:
+    ttfa_1 = levels[1]["ttfa_p50_s"]
+    return {
+        "ttfa_1_over_bare_first_segment": ttfa_1 / bare["first_segment_s"],
+        "ttfa_1_over_bare_whole_reply": ttfa_1 / bare["whole_reply_s"],
+        "ttfa_4_p95_over_ttfa_1": levels[4]["ttfa_p95_s"] / ttfa_1,
+        "rtf_4_over_bare": levels[4]["rtf"] / bare["rtf"],
+        "rtf_8_over_bare": levels[8]["rtf"] / bare["rtf"],
+        "cache_hit_ttfa_ms": cache["hit_ttfa_ms"],
+    }
+
+
+def verdicts(ratios: dict) -> dict:
+    """PASS/FAIL of each ratio against its target."""
+    out = {}
+    for name, (op, limit) in TARGETS.items():
+        value = ratios[name]
+        ok = {"<=": value <= limit, ">=": value >= limit, "<": value < limit}[op]
+        out[name] = {"value": value, "target": f"{op} {limit}", "pass": ok}
+    return out
+
+
+def print_report(report: dict) -> None:
+    bare, levels, start, cache = report["bare"], report["service"], report["startup"], report["cache"]
+    cols = ["bare engine"] + [f"service x{n}" for n in CONCURRENCY]
+    rows = [
+        ("time to first audio p50 (s)", bare["first_segment_s"], *(levels[n]["ttfa_p50_s"] for n in CONCURRENCY)),
+        ("time to first audio p95 (s)", bare["first_segment_s"], *(levels[n]["ttfa_p95_s"] for n in CONCURRENCY)),
+        ("total wall time (s)", bare["whole_reply_s"], *(levels[n]["wall_s"] for n in CONCURRENCY)),
+        ("audio delivered (s)", bare["whole_reply_audio_s"], *(levels[n]["audio_s"] for n in CONCURRENCY)),
+        ("audio s per wall s", bare["rtf"], *(levels[n]["rtf"] for n in CONCURRENCY)),
+    ]
+    print(f"\nKokoro service benchmark ({report['machine']['cpu_count']} CPUs, onnxruntime "
+          f"{report['machine']['onnxruntime']}, Python {report['machine']['python']}; service cache OFF, "
+          f"--cache-mb 0, so every segment is synthesized)")
+    print(f"{'':30s}" + "".join(f"{c:>14s}" for c in cols))
+    for label, *values in rows:
+        print(f"{label:30s}" + "".join(f"{v:14.2f}" for v in values))
+    print("bare engine: first audio = the service's first segment "
+          f"({bare['first_segment_audio_s']:.2f} s of audio), total = the whole reply as one call; "
+          "mean of two passes around the service run")
+    passes = report["bare_passes"]
+    print("bare passes: first segment " + " / ".join(f"{p['first_segment_s']:.2f}" for p in passes)
+          + " s; whole reply " + " / ".join(f"{p['whole_reply_s']:.2f}" for p in passes) + " s")
+    print(f"\nstart-up to ready: {start['startup_s']:.1f} s (service's own 'ready in': "
+          f"{start['service_reported_s']:.1f} s); RSS after start {report['memory']['after_start']['rss_mb']:.0f} MB, "
+          f"after the load test {report['memory']['after_load']['rss_mb']:.0f} MB "
+          f"(peak {report['memory']['after_load']['peak_rss_mb']:.0f} MB)")
+    print(f"cache (second service, cache on): miss {cache['miss_ttfa_ms']:.0f} ms, "
+          f"hit {cache['hit_ttfa_ms']:.1f} ms to first audio (median of {len(cache['hit_ttfa_all_ms'])})")
+    print("\ntargets:")
+    for name, v in report["verdicts"].items():
+        print(f"  {name:34s} {v['value']:8.2f}  {v['target']:>7s}  {'PASS' if v['pass'] else 'FAIL'}")
+
+
+def machine_info() -> dict:
+    import onnxruntime
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return {"cpu_count": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
+            "onnxruntime": onnxruntime.__version__, "platform": platform.platform(),
+            "loadavg_at_start": os.getloadavg()}
+
+
+def plot_ttfa(report: dict, path: Path) -> None:
+    """TTFA p50/p95 against concurrency, with the bare first-segment time as the floor to compare with."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    levels = report["service"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(CONCURRENCY, [levels[n]["ttfa_p50_s"] for n in CONCURRENCY], "o-", label="service p50")
+    ax.plot(CONCURRENCY, [levels[n]["ttfa_p95_s"] for n in CONCURRENCY], "s--", label="service p95")
+    ax.axhline(report["bare"]["first_segment_s"], color="gray", linestyle=":", label="bare engine, first segment")
+    ax.set_xticks(CONCURRENCY)
+    ax.set_xlabel("concurrent calls")
+    ax.set_ylabel("time to first audio (s)")
+    ax.set_title(f"Kokoro service, onnx on {report['machine']['cpu_count']} CPUs, cache off")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# -- main -----------------------------------------------------------------------------
+
+def run(args) -> int:
+    repeats, warmups, hits = (1, 1, 2) if args.quick else (3, 2, 5)
+    args.out.mkdir(parents=True, exist_ok=True)
+    machine = machine_info()
+    expected_frames = len(split_text(REPLY))
+    began = time.perf_counter()
+    services: list[ServiceProcess] = []
+    try:
+        log("starting the service (cache off)")
+        service = ServiceProcess(args.voices_dir, args.out / "service.log", cache_mb=0)
+        services.append(service)
+        startup = service.wait_ready()
+        memory = {"after_start": service.memory_mb()}
+        log(f"ready in {startup['startup_s']:.1f} s; loading the bare engine here")
+        bare = BareEngine(args.voices_dir)
+        for _ in range(warmups):
+            bare.speak(REPLY)
+        log("bare engine, pass 1")
+        passes = [bare.measure(repeats)]
+        log("service: single calls")
+        levels, problems = measure_service(service.address, repeats, expected_frames)
+        if problems:
+            raise BenchmarkError("service audio is wrong:\n  " + "\n  ".join(problems))
+        memory["after_load"] = service.memory_mb()
+        log("bare engine, pass 2")
+        passes.append(bare.measure(repeats))
+        service.stop()
+        log("starting a second service (cache on) for cache hits")
+        cached = ServiceProcess(args.voices_dir, args.out / "service-cache.log", cache_mb=None)
+        services.append(cached)
+        cache_startup = cached.wait_ready()
+        cache, problems = measure_cache(cached.address, hits)
+        if problems:
+            raise BenchmarkError("cache service audio is wrong:\n  " + "\n  ".join(problems))
+        cache["startup_s"] = cache_startup["startup_s"]
+    except BenchmarkError as exc:
+        print(f"\n*** BENCHMARK FAILED ***\n{exc}", file=sys.stderr)
+        return 1
+    finally:
+        for svc in services:
+            svc.stop()
+    bare_mean = mean_of_passes(passes)
+    ratios = compute_ratios(bare_mean, levels, cache)
+    machine["loadavg_at_end"] = os.getloadavg()
+    report = {"reply": REPLY, "segments": split_text(REPLY), "quick": args.quick, "repeats": repeats,
+              "service_cache": "off (--cache-mb 0) for start-up, memory and concurrency; on for the cache figures",
+              "machine": machine, "startup": startup, "memory": memory, "bare": bare_mean, "bare_passes": passes,
+              "service": levels, "cache": cache, "ratios": ratios, "verdicts": verdicts(ratios),
+              "benchmark_wall_s": time.perf_counter() - began}
+    print_report(report)
+    (args.out / "benchmark.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot_ttfa(report, args.out / "ttfa.png")
+    print(f"\nwrote {args.out / 'benchmark.json'} and {args.out / 'ttfa.png'} "
+          f"in {report['benchmark_wall_s']:.0f} s")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--voices-dir", type=Path, default=ROOT.parent / "shared" / "voices" / "v1_0",
+                        help="folder holding af_sky.pt (default ../shared/voices/v1_0)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results",
+                        help="where benchmark.json, ttfa.png and the service logs go (default bench/results)")
+    parser.add_argument("--quick", action="store_true", help="one repeat of each figure: a smoke check")
+    args = parser.parse_args()
+    args.voices_dir = args.voices_dir.resolve()
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
