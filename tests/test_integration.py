@@ -70,6 +70,18 @@ def end_call(service, call_id: int) -> None:
     assert wait_for(lambda: service.registry.get(str(call_id)) is None, 10)
 
 
+def segments_done() -> float:
+    """Segments the scheduler has finished with (spoken, from the cache, or failed), across services."""
+    return sum(counter(f"kokoro_{name}_total") for name in ("segments_synthesized", "cache_hits", "segments_failed"))
+
+
+def wait_spoken(service, call_id, before: float, count: int) -> None:
+    """Wait until ``count`` segments are done since ``before`` and call_id's audio is queued for its destination."""
+    assert wait_for(lambda: segments_done() - before >= count), f"{segments_done() - before} of {count} segments"
+    call = service.registry.get(str(call_id))
+    assert call is not None and service.scheduler.wait_drained(call, WAIT_S)
+
+
 def wait_frames(peer: ProcessorPeer, count: int, timeout: float = WAIT_S) -> list:
     assert wait_for(lambda: len(peer.frames) >= count, timeout), \
         f"{len(peer.frames)} of {count} frames arrived; errors {peer.errors}"
@@ -125,9 +137,9 @@ def test_processor_that_registers_before_listening_still_gets_its_audio(service)
     call_id, port = processor_port(service)
     register(service, call_id)
     with LlamaClient(service.tcp_address, str(call_id)) as llama:
+        before = segments_done()
         llama.text("Connecting you now.")
-        call = service.registry.get(str(call_id))
-        assert service.scheduler.wait_drained(call, WAIT_S)  # queued; the writer's connects are refused
+        wait_spoken(service, call_id, before, 1)  # queued; the writer's connects are being refused
         time.sleep(0.5)
         peer = ProcessorPeer(call_id, port)
         try:
@@ -189,36 +201,35 @@ def test_unregistered_and_non_numeric_calls_get_audio_on_the_llama_connection(se
 
 # 5 -------------------------------------------------------------------------------------------
 def test_processor_only_holds_audio_until_register_and_expires_what_never_registers(make_service, caplog):
-    held = make_service(routing=Routing(mode="processor-only", hold_seconds=4.0))
+    held = make_service(routing=Routing(mode="processor-only", hold_seconds=1.0))
+    text = "Good morning. Your table is ready."
+    segments = split_text(text)
+    for segment in segments:  # stock phrases, cached: all of the reply is queued at once, whatever the CPU load
+        held.synthesizer.speak(segment, *held.voice_setting.get())
     expired = counter("kokoro_frames_dropped_total", reason="expired")
     never = counter("kokoro_frames_dropped_total", reason="never_registered")
-    lost_id, _ = processor_port(held)
-    with LlamaClient(held.tcp_address, str(lost_id)) as lost, processor(held) as (call_id, peer), \
-            LlamaClient(held.tcp_address, str(call_id)) as llama:
-        lost.text("Nobody will hear this.")  # its processor never registers; the connection stays open
-        text = "Good morning. Your table is ready."
-        llama.text(text)
-        count = len(split_text(text))
-        for cid in (lost_id, call_id):
-            assert service_drained(held, cid)
-        assert peer.connections == 0 and peer.frames == []  # held, not sent anywhere
-        register(held, call_id)
-        assert_call_frames(wait_frames(peer, count, 15), count)
-        assert peer.errors == []
-        end_call(held, call_id)
-        assert peer.ended.wait(10)
 
-        def dropped():
-            return (counter("kokoro_frames_dropped_total", reason="expired") - expired
-                    + counter("kokoro_frames_dropped_total", reason="never_registered") - never)
-        assert wait_for(lambda: dropped() >= 1, 10), "held audio of an unregistered call never expired"
+    def dropped():
+        return (counter("kokoro_frames_dropped_total", reason="expired") - expired
+                + counter("kokoro_frames_dropped_total", reason="never_registered") - never)
+
+    lost_id, _ = processor_port(held)
+    with LlamaClient(held.tcp_address, str(lost_id)) as lost, processor(held) as (call_id, peer):
+        before = segments_done()
+        lost.text("Nobody will hear this.")  # its processor never registers; the connection stays open
+        wait_spoken(held, lost_id, before, 1)
+        with LlamaClient(held.tcp_address, str(call_id)) as llama:
+            llama.text(text)
+            wait_spoken(held, call_id, before + 1, len(segments))
+            assert peer.connections == 0 and peer.frames == []  # held, not sent anywhere
+            register(held, call_id)
+            assert_call_frames(wait_frames(peer, len(segments), 10), len(segments))
+            assert peer.errors == []
+            end_call(held, call_id)
+            assert peer.ended.wait(10)
+        assert wait_for(lambda: dropped() >= 1, 5), "held audio of an unregistered call never expired"
         assert dropped() == 1
     assert f"processor-{lost_id}@" in caplog.text
-
-
-def service_drained(service, call_id) -> bool:
-    assert wait_for(lambda: service.registry.get(str(call_id)) is not None, 10)
-    return service.scheduler.wait_drained(service.registry.get(str(call_id)), WAIT_S)
 
 
 # 6 -------------------------------------------------------------------------------------------
@@ -258,9 +269,9 @@ def test_stalled_reader_never_delays_another_call(service, caplog):
                 ttfa("ttfa-3", "Please stay while I load your record.")]
     overflow = counter("kokoro_frames_dropped_total", reason="overflow")
     with LlamaClient(service.tcp_address, "stalled-A", rcvbuf=4096) as stalled:  # never reads
+        before = segments_done()
         stalled.text(" ".join(["Hello there."] * 150))
-        assert wait_for(lambda: service.registry.get("stalled-A") is not None, 10)
-        assert service.scheduler.wait_drained(service.registry.get("stalled-A"), WAIT_S)
+        wait_spoken(service, "stalled-A", before, 150)
         assert counter("kokoro_frames_dropped_total", reason="overflow") > overflow
         assert "consumer is not keeping up" in caplog.text
         loaded = ttfa("ttfa-4", "Please pause while I read your notes.")
