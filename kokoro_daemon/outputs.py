@@ -224,8 +224,23 @@ class ProcessorWriter(BoundedWriter):
     def _ready(self) -> bool:
         return self.registered.is_set()
 
+    def _expire_held(self) -> float | None:
+        """Drop held frames over the age limit; return the seconds until the oldest left expires."""
+        now, expired = time.monotonic(), 0
+        while self._items and self._items[0].audio and now - self._items[0].queued_at > self.max_age_s:
+            self._queued_bytes -= len(self._items.popleft().data)
+            expired += 1
+        if expired:
+            log.warning("%s: processor not registered; dropped %d frame(s) held over the %.1f s limit",
+                        self.name, expired, self.max_age_s)
+            self._drop(expired, "expired")
+        return max(0.0, self._items[0].queued_at + self.max_age_s - now) if self._items else None
+
     def _next(self) -> _Item | None:
         with self._cond:
+            # Held audio is bounded in time too, while the processor has not registered (it may never).
+            while not self.registered.is_set() and not self._closing:
+                self._cond.wait(self._expire_held())
             if self._closing and not self.registered.is_set():
                 dropped = sum(1 for item in self._items if item.audio)
                 self._items.clear()

@@ -12,6 +12,7 @@ import socket
 import socketserver
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from . import metrics
@@ -27,7 +28,9 @@ from .voices import Voice, VoiceLibrary
 
 log = logging.getLogger(__name__)
 
-WARMUP_TEXTS = ("Hello.", "Thank you for calling, how can I help you today?")
+# "Thank you for calling, how can I help you?" in Kokoro phonemes: warms the engine while the
+# phonemizer is still loading, and is valid for every voice's language.
+WARMUP_PHONEMES = "θˈæŋk ju fɔɹ kˈɔlɪŋ, hˌW kæn ˌI hˈɛlp ju?"
 
 
 @dataclass
@@ -235,13 +238,12 @@ class KokoroService:
         cfg = self.config
         check_speed(cfg.speed)
         voice = self.voices.load(cfg.voice) if cfg.strict_voice else self.voices.load_or_fallback(cfg.voice)
-        if self.engine is None:
-            self.engine = create_engine(cfg.engine, cfg.device, cfg.model, cfg.model_config)
-        phonemizer = self.g2p.get(voice.lang)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-load") as pool:
+            engine_ready = pool.submit(self._load_engine, voice)
+            phonemizer = self.g2p.get(voice.lang)
+            engine_ready.result()
         self.voice_setting = VoiceSetting(voice, cfg.speed)
         self.synthesizer = Synthesizer(self.engine, self.g2p, AudioCache(int(cfg.cache_mb * 1024 * 1024)))
-        for text in WARMUP_TEXTS:
-            self.engine.synthesize(phonemizer(text), voice.pack, cfg.speed)
         self.scheduler = Scheduler(self.synthesizer, self.voice_setting.get)
         self.registry = CallRegistry(cfg.routing, self.scheduler)
         self._tcp = _TCPServer((cfg.host, cfg.tcp_port), self)
@@ -255,6 +257,13 @@ class KokoroService:
                  "audio %d Hz, routing %s", time.monotonic() - started, *self.tcp_address, *self.udp_address,
                  self.engine.name, self.engine.device, voice.spec, phonemizer.backend,
                  cfg.routing.output_rate, cfg.routing.mode)
+
+    def _load_engine(self, voice: Voice) -> None:
+        """Load the model and run its first (slow) inference, while the phonemizer loads alongside."""
+        if self.engine is None:
+            cfg = self.config
+            self.engine = create_engine(cfg.engine, cfg.device, cfg.model, cfg.model_config)
+        self.engine.synthesize(WARMUP_PHONEMES, voice.pack, self.config.speed)
 
     def stop(self) -> None:
         if self.stopped.is_set():

