@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 from kokoro_daemon.engines import create_engine  # noqa: E402
 from kokoro_daemon.g2p import G2PRegistry  # noqa: E402
 from kokoro_daemon.segmenter import split_text  # noqa: E402
+from kokoro_daemon.synthesis import trim_silence  # noqa: E402
 from kokoro_daemon.voices import VoiceLibrary  # noqa: E402
 
 REPLY = ("Thank you for calling. How can I help you today? I can look up your account, "
@@ -132,6 +133,12 @@ class ServiceProcess:
             if key in ("VmRSS", "VmHWM"):
                 fields[key] = int(value.split()[0]) / 1024
         return {"rss_mb": fields["VmRSS"], "peak_rss_mb": fields["VmHWM"]}
+
+    def cpu_s(self) -> float:
+        """User + system CPU seconds the service has used: unlike wall time, barely moved by other load."""
+        stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
+        utime, stime = stat.rsplit(")", 1)[1].split()[11:13]
+        return (int(utime) + int(stime)) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         """SIGTERM (the service's clean shutdown), then SIGKILL if it lingers."""
@@ -247,43 +254,45 @@ def check_call(result: CallResult, expected_frames: int, reference_samples: int 
     return problems
 
 
-def summarize(results: list[CallResult]) -> dict:
-    """Per-level figures: time to first audio percentiles, wall time, audio delivered per wall second."""
+def summarize(results: list[CallResult], cpu_s: float) -> dict:
+    """Per-level figures: time to first audio percentiles, wall time, audio delivered per wall and CPU second."""
     ttfa = np.array([r.ttfa_s for r in results])
     wall = max(r.last_at for r in results) - min(r.sent_at for r in results)
     audio = sum(r.audio_s for r in results)
     return {"calls": len(results), "ttfa_p50_s": float(np.percentile(ttfa, 50)),
             "ttfa_p95_s": float(np.percentile(ttfa, 95)), "ttfa_all_s": ttfa.tolist(),
-            "wall_s": wall, "audio_s": audio, "rtf": audio / wall}
+            "wall_s": wall, "audio_s": audio, "rtf": audio / wall, "cpu_per_audio_s": cpu_s / audio}
 
 
-def measure_service(address, repeats: int, expected_frames: int) -> tuple[dict, list[str]]:
+def measure_service(service: ServiceProcess, repeats: int, expected_frames: int) -> tuple[dict, list[str]]:
     """1 call (median of ``repeats``), then 4 and 8 concurrent calls; every call's frames checked."""
     problems: list[str] = []
-    singles = [run_call(address, str(100 + i), REPLY) for i in range(repeats)]
+    cpu_before = service.cpu_s()
+    singles = [run_call(service.address, str(100 + i), REPLY) for i in range(repeats)]
+    single_cpu = service.cpu_s() - cpu_before
     reference = next((r.samples for r in singles if not r.error and r.frames), None)
     for r in singles:
         problems += check_call(r, expected_frames, reference)
     if problems:
         return {}, problems
-    levels = {}
-    median_run = sorted(singles, key=lambda r: r.ttfa_s)[len(singles) // 2]
-    levels[1] = {"calls": 1, "runs": repeats,
-                 "ttfa_p50_s": statistics.median(r.ttfa_s for r in singles),
-                 "ttfa_p95_s": float(np.percentile([r.ttfa_s for r in singles], 95)),
-                 "ttfa_all_s": [r.ttfa_s for r in singles],
-                 "wall_s": statistics.median(r.total_s for r in singles),
-                 "audio_s": median_run.audio_s,
-                 "rtf": statistics.median(r.audio_s / r.total_s for r in singles),
-                 "samples_per_call": reference}
+    levels = {1: {"calls": 1, "runs": repeats,
+                  "ttfa_p50_s": statistics.median(r.ttfa_s for r in singles),
+                  "ttfa_p95_s": float(np.percentile([r.ttfa_s for r in singles], 95)),
+                  "ttfa_all_s": [r.ttfa_s for r in singles],
+                  "wall_s": statistics.median(r.total_s for r in singles),
+                  "audio_s": singles[0].audio_s,
+                  "rtf": statistics.median(r.audio_s / r.total_s for r in singles),
+                  "cpu_per_audio_s": single_cpu / sum(r.audio_s for r in singles),
+                  "samples_per_call": reference}}
     for count in CONCURRENCY[1:]:
         log(f"service: {count} concurrent calls")
-        results = concurrent_calls(address, count, REPLY, first_id=1000 * count)
+        cpu_before = service.cpu_s()
+        results = concurrent_calls(service.address, count, REPLY, first_id=1000 * count)
         for r in results:
             problems += check_call(r, expected_frames, reference)
         if problems:
             return levels, problems
-        levels[count] = summarize(results)
+        levels[count] = summarize(results, service.cpu_s() - cpu_before)
     return levels, problems
 
 
@@ -311,20 +320,30 @@ class BareEngine:
         self.pack = voice.pack
         self.phonemize = G2PRegistry().get(voice.lang)
 
-    def speak(self, text: str) -> tuple[float, float]:
-        """(wall seconds, audio seconds) of phonemize + synthesize, what the service does per segment."""
-        start = time.perf_counter()
+    def speak(self, text: str) -> dict:
+        """Wall and CPU seconds of phonemize + synthesize (what the service does per segment), and audio seconds.
+
+        Audio is counted after the service's own silence trim, so that an audio second
+        means the same here as in the service's frames; the untrimmed length is kept too.
+        """
+        wall, cpu = time.perf_counter(), time.process_time()
         audio = self.engine.synthesize(self.phonemize(text), self.pack, 1.0)
-        return time.perf_counter() - start, len(audio) / self.engine.sample_rate
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        rate = self.engine.sample_rate
+        return {"wall_s": wall, "cpu_s": cpu, "audio_s": len(trim_silence(audio, rate)) / rate,
+                "untrimmed_audio_s": len(audio) / rate}
 
     def measure(self, repeats: int) -> dict:
         """Median of ``repeats`` for the service's first segment and for the whole reply as one call."""
         first = [self.speak(split_text(REPLY)[0]) for _ in range(repeats)]
         whole = [self.speak(REPLY) for _ in range(repeats)]
-        whole_s = statistics.median(w for w, _ in whole)
-        return {"first_segment_s": statistics.median(w for w, _ in first), "first_segment_audio_s": first[0][1],
-                "whole_reply_s": whole_s, "whole_reply_audio_s": whole[0][1],
-                "rtf": statistics.median(a / w for w, a in whole)}
+        return {"first_segment_s": statistics.median(r["wall_s"] for r in first),
+                "first_segment_audio_s": first[0]["audio_s"],
+                "whole_reply_s": statistics.median(r["wall_s"] for r in whole),
+                "whole_reply_audio_s": whole[0]["audio_s"],
+                "whole_reply_untrimmed_audio_s": whole[0]["untrimmed_audio_s"],
+                "rtf": statistics.median(r["audio_s"] / r["wall_s"] for r in whole),
+                "cpu_per_audio_s": statistics.median(r["cpu_s"] / r["audio_s"] for r in whole)}
 
 
 def mean_of_passes(passes: list[dict]) -> dict:
@@ -365,15 +384,18 @@ def print_report(report: dict) -> None:
         ("total wall time (s)", bare["whole_reply_s"], *(levels[n]["wall_s"] for n in CONCURRENCY)),
         ("audio delivered (s)", bare["whole_reply_audio_s"], *(levels[n]["audio_s"] for n in CONCURRENCY)),
         ("audio s per wall s", bare["rtf"], *(levels[n]["rtf"] for n in CONCURRENCY)),
+        ("CPU s per audio s", bare["cpu_per_audio_s"], *(levels[n]["cpu_per_audio_s"] for n in CONCURRENCY)),
     ]
     print(f"\nKokoro service benchmark ({report['machine']['cpu_count']} CPUs, onnxruntime "
           f"{report['machine']['onnxruntime']}, Python {report['machine']['python']}; service cache OFF, "
-          f"--cache-mb 0, so every segment is synthesized)")
+          f"--cache-mb 0, so every segment is synthesized; 1-min load average "
+          f"{report['machine']['loadavg_at_start'][0]:.1f} at start, {report['machine']['loadavg_at_end'][0]:.1f} at end)")
     print(f"{'':30s}" + "".join(f"{c:>14s}" for c in cols))
     for label, *values in rows:
         print(f"{label:30s}" + "".join(f"{v:14.2f}" for v in values))
     print("bare engine: first audio = the service's first segment "
-          f"({bare['first_segment_audio_s']:.2f} s of audio), total = the whole reply as one call; "
+          f"({bare['first_segment_audio_s']:.2f} s of audio), total = the whole reply as one call "
+          f"({bare['whole_reply_untrimmed_audio_s']:.2f} s before the service's silence trim); "
           "mean of two passes around the service run")
     passes = report["bare_passes"]
     print("bare passes: first segment " + " / ".join(f"{p['first_segment_s']:.2f}" for p in passes)
@@ -441,7 +463,7 @@ def run(args) -> int:
         log("bare engine, pass 1")
         passes = [bare.measure(repeats)]
         log("service: single calls")
-        levels, problems = measure_service(service.address, repeats, expected_frames)
+        levels, problems = measure_service(service, repeats, expected_frames)
         if problems:
             raise BenchmarkError("service audio is wrong:\n  " + "\n  ".join(problems))
         memory["after_load"] = service.memory_mb()

@@ -243,7 +243,7 @@ def test_long_lived_llama_connection_and_a_superseding_one(service):
         try:
             first.text("Your order has shipped.")
             wait_frames(peer, 1)
-            time.sleep(1.0)  # idle between replies, as the LLaMA client is
+            time.sleep(0.5)  # idle between replies, as the LLaMA client is
             first.text("It should arrive on Friday.")
             wait_frames(peer, 2)
             with LlamaClient(service.tcp_address, str(call_id)) as second:
@@ -268,8 +268,7 @@ def test_stalled_reader_never_delays_another_call(service, caplog):
 
     # same word count, none cached
     unloaded = [ttfa("ttfa-1", "Please hold while I check your file."),
-                ttfa("ttfa-2", "Please wait while I find your order."),
-                ttfa("ttfa-3", "Please stay while I load your record.")]
+                ttfa("ttfa-2", "Please wait while I find your order.")]
     overflow = counter("kokoro_frames_dropped_total", reason="overflow")
     with LlamaClient(service.tcp_address, "stalled-A", rcvbuf=4096) as stalled:  # never reads
         before = segments_done()
@@ -277,7 +276,7 @@ def test_stalled_reader_never_delays_another_call(service, caplog):
         wait_spoken(service, "stalled-A", before, 150)
         assert counter("kokoro_frames_dropped_total", reason="overflow") > overflow
         assert "consumer is not keeping up" in caplog.text
-        loaded = ttfa("ttfa-4", "Please pause while I read your notes.")
+        loaded = ttfa("ttfa-3", "Please pause while I read your notes.")
     base = statistics.median(unloaded)
     print(f"\nTTFA unloaded {', '.join(f'{t:.3f}' for t in unloaded)} s (median {base:.3f}); "
           f"with a stalled reader {loaded:.3f} s ({loaded / base:.2f}x); "

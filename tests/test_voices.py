@@ -97,7 +97,7 @@ def test_weighted_blend_is_the_weighted_mean_of_its_packs():
 
 
 def test_blend_speaks_differently_from_both_parents_and_deterministically(service, engine, g2p):
-    text = "The blended voice reads this."
+    text = "Good morning to you."
     with voice(service, "af_sky"):
         sky = speak(service.tcp_address, "blend-sky", text)
     with voice(service, "af_bella"):
@@ -131,7 +131,7 @@ def test_custom_npy_and_pt_packs_load_and_speak(service, tmp_path):
     for path, expected in ((npy, bella), (pt, sarah)):
         with voice(service, str(path)) as current:
             np.testing.assert_array_equal(current.pack, expected)
-            speak(service.tcp_address, f"custom-{path.suffix[1:]}", "A custom voice says hello.")
+            speak(service.tcp_address, f"custom-{path.suffix[1:]}", "Hi there.")
 
 
 def _bad_files(tmp_path):
@@ -200,7 +200,6 @@ def test_missing_voice_falls_back_to_an_embedded_one_with_a_warning(make_service
     warnings = [r.getMessage() for r in caplog.records
                 if r.name == "kokoro_daemon.voices" and r.levelno == logging.WARNING]
     assert any("'af_missing'" in m and "not found" in m and repr(current.spec) in m for m in warnings), warnings
-    speak(service.tcp_address, "fallback", "The substitute voice still speaks.")
 
 
 # --- run-time changes --------------------------------------------------------------------------------------
@@ -210,12 +209,12 @@ def test_bad_voice_at_run_time_keeps_the_current_one_and_the_call_going(service,
     bad_file, _ = _bad_files(tmp_path)["all zeros"]
     before = service.voice_setting.get()
     with LlamaClient(service.tcp_address, "4301") as client:
-        client.text("The first sentence is on its way. The second one follows it.")
+        client.text("First one here. Second one.")
         for spec in ("af_nonexistent", "a(-1)", "", str(bad_file), "af_sky+af_nonexistent"):
             with pytest.raises(VoiceError):
                 service.set_voice(spec)
             assert service.voice_setting.get() == before
-        client.text("And a third after the refusals.")
+        client.text("A third.")
         client.bye()
         frames = client.read_until_bye()
     assert [f.chunk_id for f in frames] == [1, 2, 3]
@@ -240,9 +239,13 @@ def test_voice_without_its_phonemizer_is_refused_at_run_time(service, g2p):
 
 
 def test_faster_speed_gives_proportionally_shorter_audio(service, make_service):
-    text = "Please hold while I transfer your call to the billing department."
-    assert service.voice_setting.get()[1] == 1.0
-    normal = speak(service.tcp_address, "speed-1", text)
+    text = "Please hold while I transfer your call."
+    before = service.voice_setting.get()[1]
+    try:
+        service.set_speed(1.0)
+        normal = speak(service.tcp_address, "speed-1", text)
+    finally:
+        service.voice_setting.set(speed=before)
     fast_service = make_service(speed=1.5)
     fast = speak(fast_service.tcp_address, "speed-15", text)
     assert 0.8 / 1.5 < fast.size / normal.size < 1.2 / 1.5, (fast.size, normal.size)

@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""Intelligibility of the service's speech, scored by the offline Whisper judge.
+
+Speaks every line of ../shared/speech-judge/phrases.txt through a running service over
+real sockets (one call per line, frames joined as the caller would hear them), and,
+with ``--bare``, through the bare engine (espeak phonemes, no text normalization, the
+whole line in one inference) for comparison. Prints per-line and overall word error rate.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import wave
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SHARED = ROOT.parent / "shared"
+JUDGE = SHARED / "speech-judge" / "judge.sh"
+
+from kokoro_daemon.calls import Routing  # noqa: E402
+from kokoro_daemon.engines import create_engine  # noqa: E402
+from kokoro_daemon.server import KokoroService, ServiceConfig  # noqa: E402
+from kokoro_daemon.voices import VoiceLibrary  # noqa: E402
+
+
+def phrases() -> list[str]:
+    lines = (SHARED / "speech-judge" / "phrases.txt").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def recv_exact(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("service closed the connection")
+        data += chunk
+    return data
+
+
+def reply_audio(address, call_id: str, text: str) -> tuple[np.ndarray, int]:
+    """HELLO, one text chunk, BYE; every frame up to the service's BYE, joined."""
+    with socket.create_connection(address, timeout=300) as sock:
+        for payload in (call_id.encode(), text.encode("utf-8")):
+            sock.sendall(struct.pack(">I", len(payload)) + payload)
+        sock.sendall(b"\xff\xff\xff\xff")
+        pieces, rate = [], 24000
+        while (head := recv_exact(sock, 4)) != b"\xff\xff\xff\xff":
+            size = struct.unpack(">I", head)[0]
+            rate, _ = struct.unpack(">II", recv_exact(sock, 8))
+            pieces.append(np.frombuffer(recv_exact(sock, size), dtype="<f4"))
+    return np.concatenate(pieces), rate
+
+
+def write_wav(path: Path, samples: np.ndarray, rate: int) -> Path:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+    return path
+
+
+def score(folder: Path, items: list[tuple[Path, str]]) -> dict:
+    manifest = folder / "manifest.tsv"
+    manifest.write_text("".join(f"{wav}\t{text}\n" for wav, text in items))
+    result = folder / "judge.json"
+    subprocess.run(["bash", str(JUDGE), "score", str(manifest), "--json", str(result)], check=True,
+                   capture_output=True, text=True)
+    return json.loads(result.read_text())
+
+
+def bare_engine_items(engine, voices: VoiceLibrary, voice: str, lines: list[str], folder: Path):
+    from misaki.espeak import EspeakG2P
+    pack = voices.load(voice).pack
+    g2p = EspeakG2P(language="en-gb" if voice.startswith("b") else "en-us")
+    return [(write_wav(folder / f"bare-{voice}-{n:02d}.wav", engine.synthesize(g2p(text)[0], pack), 24000), text)
+            for n, text in enumerate(lines)]
+
+
+def service_items(service: KokoroService, voice: str, lines: list[str], folder: Path):
+    service.set_voice(voice)
+    items = []
+    for n, text in enumerate(lines):
+        audio, rate = reply_audio(service.tcp_address, str(7000 + n), text)
+        items.append((write_wav(folder / f"service-{voice}-{n:02d}.wav", audio, rate), text))
+    return items
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--voice", action="append", help="voice(s) to score (default af_sky)")
+    parser.add_argument("--voices-dir", default=str(SHARED / "voices" / "v1_0"))
+    parser.add_argument("--bare", action="store_true", help="also score the bare engine")
+    parser.add_argument("--output-rate", type=int, default=24000, choices=(8000, 16000, 24000))
+    parser.add_argument("--lines", type=int, help="only the first N lines")
+    parser.add_argument("--json", help="write all results here")
+    args = parser.parse_args()
+    voices = args.voice or ["af_sky"]
+    lines = phrases()[: args.lines]
+    engine = create_engine("onnx")
+    config = ServiceConfig(voice=voices[0], tcp_port=0, udp_port=0, device="cpu", voices_dir=args.voices_dir,
+                           routing=Routing(output_rate=args.output_rate))
+    service = KokoroService(config, engine=engine)
+    service.start()
+    results = {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for voice in voices:
+                runs = {"service": service_items(service, voice, lines, Path(tmp))}
+                if args.bare:
+                    runs["bare"] = bare_engine_items(engine, service.voices, voice, lines, Path(tmp))
+                for kind, items in runs.items():
+                    results[f"{kind}:{voice}"] = score(Path(tmp), items)
+    finally:
+        service.stop()
+    for name, result in results.items():
+        print(f"\n== {name} (output {args.output_rate} Hz)")
+        for row in result["files"]:
+            print(f"{row['wer']:6.3f}  {row['reference']}\n        heard: {row['transcript']}")
+        print(f"overall WER {name}: {result['overall_wer']:.3f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

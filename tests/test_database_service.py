@@ -1,0 +1,226 @@
+"""The real CLI (``kokoro_service.py``) against the phone system's SQLite file: status through
+start and SIGTERM, refused starts, voice changes at run time, a busy database, operator commands.
+
+One full daemon start serves the module (it loads the model: 10-20 s); the refused starts fail
+before the model is loaded.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, VOICES_DIR
+from kokoro_daemon.config_db import ConfigDB
+from kokoro_daemon.synthesis import AudioCache, Synthesizer
+from kokoro_daemon.voices import VoiceLibrary
+from peers import LlamaClient, free_port
+
+SERVICE = [sys.executable, str(ROOT / "kokoro_service.py")]
+START_TIMEOUT_S = 120.0
+
+
+def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([*SERVICE, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def reply_audio(address, call_id: str, text: str) -> np.ndarray:
+    with LlamaClient(address, call_id, timeout=60) as client:
+        client.text(text)
+        client.bye()
+        frames = client.read_until_bye()
+    assert frames and [f.chunk_id for f in frames] == list(range(1, len(frames) + 1))
+    return np.concatenate([f.samples for f in frames])
+
+
+@dataclass
+class Daemon:
+    proc: subprocess.Popen
+    db_path: Path
+    log_path: Path
+    address: tuple[str, int]
+    statuses: list[str]
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, text: str, timeout: float = 10.0, start: int = 0) -> bool:
+        deadline = time.monotonic() + timeout
+        while text not in self.log[start:]:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                return False
+            time.sleep(0.05)
+        return True
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory):
+    """The daemon started with --force on a database that disables it; statuses seen while it starts."""
+    tmp = tmp_path_factory.mktemp("daemon")
+    db_path, log_path = tmp / "system.db", tmp / "daemon.log"
+    ConfigDB(db_path).set_kokoro_enabled(False)
+    tcp_port, udp_port = free_port(), free_port()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([*SERVICE, "--engine", "onnx", "--device", "cpu", "-t", str(tcp_port),
+                                 "-u", str(udp_port), "--voices-dir", str(VOICES_DIR), "--db", str(db_path),
+                                 "--force"], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    db, statuses = ConfigDB(db_path), []
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline and proc.poll() is None:
+        status = db.get_kokoro_service_status()
+        if not statuses or statuses[-1] != status:
+            statuses.append(status)
+        if status == "running":
+            break
+        time.sleep(0.05)
+    daemon = Daemon(proc, db_path, log_path, ("127.0.0.1", tcp_port), statuses)
+    try:
+        yield daemon
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+# 9 -------------------------------------------------------------------------------------------
+def test_disabled_in_the_database_refuses_to_start(tmp_path):
+    db_path = tmp_path / "system.db"
+    ConfigDB(db_path).set_kokoro_enabled(False)
+    proc = cli("-t", str(free_port()), "-u", str(free_port()), "--db", str(db_path), timeout=60)
+    assert proc.returncode == 3, proc.stderr
+    assert "disabled" in proc.stderr and "--force" in proc.stderr and "db enable" in proc.stderr
+    assert ConfigDB(db_path).get_kokoro_service_status() == "stopped"  # untouched: it never started
+
+
+def test_failed_start_leaves_status_error(tmp_path):
+    db_path = tmp_path / "system.db"
+    proc = cli("--engine", "onnx", "--device", "cpu", "-t", str(free_port()), "-u", str(free_port()),
+               "--voices-dir", str(VOICES_DIR), "--db", str(db_path), "--strict-voice", "-v", "no_such_voice")
+    assert proc.returncode not in (0, None), proc.stderr
+    assert "failed to start" in proc.stderr and "no_such_voice" in proc.stderr
+    assert ConfigDB(db_path).get_kokoro_service_status() == "error"
+
+
+def test_force_starts_a_disabled_service_and_reports_running(daemon):
+    assert daemon.proc.poll() is None, daemon.log[-3000:]
+    assert daemon.statuses[-2:] == ["starting", "running"], daemon.statuses
+    assert "ready in" in daemon.log
+    assert ConfigDB(daemon.db_path).is_kokoro_enabled() is False  # --force does not rewrite the setting
+
+
+# 10 ------------------------------------------------------------------------------------------
+def test_voice_change_in_the_database_is_heard_on_the_next_reply(daemon, engine, g2p):
+    text = "Thank you for holding."
+    sky = reply_audio(daemon.address, "voice-1", text)
+    # what the service's own path (phonemes, engine, trimming) gives for this text in am_adam
+    reference = Synthesizer(engine, g2p, AudioCache(0))
+    adam = reference.speak(text, VoiceLibrary(str(VOICES_DIR)).load("am_adam"), 1.0)
+    assert sky.shape != adam.shape or not np.allclose(sky, adam, atol=1e-3)
+
+    mark = len(daemon.log)
+    changed = time.monotonic()
+    ConfigDB(daemon.db_path).set_kokoro_voice("am_adam")
+    assert daemon.wait_log("voice is now am_adam", 5, mark), daemon.log[mark:]
+    print(f"\nvoice change applied {time.monotonic() - changed:.2f} s after the database write")
+    heard = reply_audio(daemon.address, "voice-2", text)
+    assert heard.shape == adam.shape and np.allclose(heard, adam, atol=1e-3)
+    print(f"am_adam reply {'identical to' if np.array_equal(heard, adam) else 'close to'} the reference")
+    assert heard.shape != sky.shape or not np.allclose(heard, sky, atol=1e-3)
+
+    mark = len(daemon.log)
+    ConfigDB(daemon.db_path).set_kokoro_voice("no_such_voice")
+    assert daemon.wait_log("database voice 'no_such_voice' refused", 5, mark), daemon.log[mark:]
+    assert " ERROR " in daemon.log[mark:]
+    still = reply_audio(daemon.address, "voice-3", text)
+    assert still.shape == adam.shape and np.allclose(still, adam, atol=1e-3)
+    assert daemon.proc.poll() is None
+
+
+# 11 ------------------------------------------------------------------------------------------
+WRITER = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], timeout=5, isolation_level=None)
+n = 0
+while True:
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("INSERT INTO system_config (key, value) VALUES ('llama_model', ?) "
+                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (str(n),))
+    conn.execute("INSERT INTO system_config (key, value) VALUES ('whisper_threads', ?) "
+                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (str(n % 8),))
+    time.sleep(0.002)  # hold the write lock a moment, as a busy host would
+    conn.execute("COMMIT")
+    n += 1
+"""
+
+
+def test_another_process_writing_the_database_in_a_tight_loop(daemon):
+    mark = len(daemon.log)
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(daemon.db_path)], stderr=subprocess.PIPE)
+    try:
+        time.sleep(0.5)
+        started = time.monotonic()
+        texts = ["Your call is important to us.", "Thank you for holding.", "We will be right with you."]
+        for n, text in enumerate(texts):
+            assert reply_audio(daemon.address, f"busy-db-{n}", text).size > 12000
+        while time.monotonic() - started < 3.0:  # let the watcher poll a few times under the writes
+            assert reply_audio(daemon.address, "busy-db-again", texts[1]).size > 12000
+        assert writer.poll() is None, writer.stderr.read()
+    finally:
+        writer.kill()
+        writer.wait()
+    writes = int(ConfigDB(daemon.db_path).get("llama_model"))
+    print(f"\n{writes} writes by the other process during the calls")
+    assert writes > 100
+    assert daemon.proc.poll() is None
+    assert ConfigDB(daemon.db_path).get_kokoro_service_status() == "running"
+    tail = daemon.log[mark:]
+    assert "Traceback" not in tail and " ERROR " not in tail, tail[-3000:]
+
+
+# 12 ------------------------------------------------------------------------------------------
+def test_operator_commands(tmp_path):
+    db = str(tmp_path / "system.db")
+    status = cli("db", "status", "--db", db)
+    assert status.returncode == 0, status.stderr
+    assert "kokoro_service_enabled = true" in status.stdout and "kokoro_voice = af_sky" in status.stdout
+
+    disabled = cli("db", "disable", "--db", db)
+    assert disabled.returncode == 0 and "kokoro_service_enabled = false" in disabled.stdout
+    assert ConfigDB(db).is_kokoro_enabled() is False
+    enabled = cli("db", "enable", "--db", db)
+    assert enabled.returncode == 0 and "kokoro_service_enabled = true" in enabled.stdout
+    assert ConfigDB(db).is_kokoro_enabled() is True
+
+    voice = cli("db", "set-voice", "bf_emma", "--db", db, "--voices-dir", str(VOICES_DIR))
+    assert voice.returncode == 0 and "kokoro_voice = bf_emma" in voice.stdout, voice.stderr
+    bad = cli("db", "set-voice", "no_such_voice", "--db", db, "--voices-dir", str(VOICES_DIR))
+    assert bad.returncode == 2 and "error:" in bad.stderr and "no_such_voice" in bad.stderr
+    assert ConfigDB(db).get_kokoro_voice() == "bf_emma"
+
+    listed = cli("--list-voices", "--voices-dir", str(VOICES_DIR))
+    assert listed.returncode == 0, listed.stderr
+    names = {line.split()[0] for line in listed.stdout.splitlines() if line.strip()}
+    assert {path.stem for path in VOICES_DIR.glob("*.pt")} <= names and {"af_sky", "am_adam"} <= names
+
+
+# 9, last: it stops the module's daemon ----------------------------------------------------------
+def test_sigterm_stops_cleanly_with_status_stopped(daemon):
+    assert daemon.proc.poll() is None
+    assert ConfigDB(daemon.db_path).get_kokoro_service_status() == "running"
+    daemon.proc.send_signal(signal.SIGTERM)
+    assert daemon.proc.wait(30) == 0, daemon.log[-3000:]
+    assert ConfigDB(daemon.db_path).get_kokoro_service_status() == "stopped"
+    assert "received SIGTERM" in daemon.log and "stopped" in daemon.log
