@@ -181,6 +181,7 @@ class CallResult:
 
 
 def recv_exact(sock: socket.socket, size: int) -> bytes:
+    """Exactly ``size`` bytes, however TCP splits them; a frame counts only once all of it is here."""
     buf = bytearray()
     while len(buf) < size:
         chunk = sock.recv(min(size - len(buf), 1 << 20))
@@ -224,7 +225,7 @@ def run_call(address, call_id: str, text: str, barrier: threading.Barrier | None
 
 def concurrent_calls(address, count: int, text: str, first_id: int) -> list[CallResult]:
     """``count`` calls on their own connections with unique numeric ids, text sent at the same instant."""
-    barrier = threading.Barrier(count)
+    barrier = threading.Barrier(count, timeout=60)   # a call that cannot connect breaks it, not hangs it
     results: list[CallResult | None] = [None] * count
 
     def one(i: int) -> None:

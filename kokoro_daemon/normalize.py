@@ -235,10 +235,7 @@ def _month_date(match: re.Match) -> str:
 # Clock times.
 
 def _time(match: re.Match) -> str:
-    """"10:15 AM" -> "ten-fifteen AM"; 12:00 pm is "twelve noon"; 24-hour "14:30" -> "fourteen-thirty".
-
-    Hour and minutes are joined so the phonemizer stresses them as one time, as people say it.
-    """
+    """"10:15 AM" -> "ten fifteen AM"; 12:00 pm is "twelve noon"; 24-hour "14:30" -> "fourteen thirty"."""
     hour, minute = int(match.group("hour")), int(match.groupdict().get("minute") or 0)
     half = (match.group("half") or "").upper()
     if hour == 0 and not half:
@@ -249,7 +246,7 @@ def _time(match: re.Match) -> str:
         return ("twelve noon" if half == "P" else "twelve midnight") + _sentence_dot(match)
     words = _cardinal(hour)
     if minute:
-        words += f"-oh-{_cardinal(minute)}" if minute < 10 else f"-{_cardinal(minute)}"
+        words += f" oh {_cardinal(minute)}" if minute < 10 else f" {_cardinal(minute)}"
     elif not half:
         words += " o'clock" if hour <= 12 else " hundred"
     return words + (f" {half}M" if half else "") + _sentence_dot(match)

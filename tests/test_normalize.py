@@ -7,21 +7,21 @@ from kokoro_daemon.normalize import normalize_english
 
 CASES = [
     # Clock times (AM/PM written "AM"/"PM": G2P spells them; "A M" reads as "uh M").
-    ("10:15 AM", "ten-fifteen AM"),
-    ("7:45pm", "seven-forty-five PM"),
-    ("4:30", "four-thirty"),
-    ("9:05 a.m. tomorrow", "nine-oh-five AM tomorrow"),
+    ("10:15 AM", "ten fifteen AM"),
+    ("7:45pm", "seven forty-five PM"),
+    ("4:30", "four thirty"),
+    ("9:05 a.m. tomorrow", "nine oh five AM tomorrow"),
     ("12:00 p.m.", "twelve noon."),
     ("Open until 12:00 am tonight", "Open until twelve midnight tonight"),
     ("3:00 PM", "three PM"),
     ("3 PM", "three PM"),
     ("at 3pm", "at three PM"),
     ("Lunch at noon or midnight.", "Lunch at noon or midnight."),
-    ("14:30", "fourteen-thirty"),
+    ("14:30", "fourteen thirty"),
     ("14:00", "fourteen hundred"),
     ("4:00", "four o'clock"),
     ("See you at 9 a.m. Thanks!", "See you at nine AM. Thanks!"),
-    ("We close at 5:30 P.M. on Fridays.", "We close at five-thirty PM on Fridays."),
+    ("We close at 5:30 P.M. on Fridays.", "We close at five thirty PM on Fridays."),
     ("Call at 12 noon.", "Call at twelve noon."),
     # Money.
     ("$42.50", "forty-two dollars and fifty cents"),
@@ -170,7 +170,7 @@ CASES = [
     ("open 24/7", "open twenty-four seven"),
     # Mixed.
     ("Your appointment with Dr. Lee is Monday, June 9th at 10:15 AM.",
-     "Your appointment with Doctor Lee is Monday, June ninth at ten-fifteen AM."),
+     "Your appointment with Doctor Lee is Monday, June ninth at ten fifteen AM."),
     ("We're open 24/7, call 1-800-555-0199 or email help@acme.io.",
      "We're open twenty-four seven, call one, eight zero zero, five five five, zero one nine nine "
      "or email help at acme dot I O."),

@@ -1,0 +1,30 @@
+"""The caller must understand every word: phone-agent sentences through the service, scored by Whisper."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from conftest import PHRASES, judge, write_wav
+from test_service import assert_frames, speak
+
+# Whisper writes the spoken "ten fifteen A M" as "10.15am"; the judge's normalizer only
+# unifies "10.15 am" with "10:15 AM", so that line costs two words however well it is said.
+CLOCK_LINE = "10:15 AM"
+
+
+@pytest.mark.judge
+def test_phone_agent_phrases_are_intelligible(service, tmp_path):
+    items = []
+    for n, text in enumerate(PHRASES):
+        audio = assert_frames(speak(service.tcp_address, f"judge-{n}", text))
+        items.append((write_wav(tmp_path / f"phrase{n:02d}.wav", audio, 24000), text))
+    first_five = judge(tmp_path, items[:5])
+    everything = judge(tmp_path, items)
+    assert first_five["overall_wer"] <= 0.08, first_five
+    assert everything["overall_wer"] <= 0.015, everything
+    for row in everything["files"]:
+        if CLOCK_LINE in row["reference"]:
+            assert re.search(r"\b10[.:]15\s?(am|a\.m\.)", row["transcript"], re.IGNORECASE), row
+        else:
+            assert row["wer"] <= 0.15, row
