@@ -141,16 +141,22 @@ class LlamaHandler(socketserver.BaseRequestHandler):
         if call.reply is not writer:
             service.scheduler.submit(call, segmenter.finish())
             return
-        if not cancel:
+        if cancel:
+            service.registry.disconnect(call, writer, cancel=True)
+            writer.close(discard_pending=True)
+        else:
             self._deliver_accepted(call, writer, segmenter, final=BYE_BYTES if said_bye else None)
-        service.registry.disconnect(call, writer, cancel=cancel)
-        writer.close(discard_pending=cancel)
 
     def _deliver_accepted(self, call, writer: ReplyWriter, segmenter: SentenceSegmenter, final: bytes | None) -> None:
-        """Speak everything accepted on this connection, then send ``final`` (BYE back, as the Piper service did)."""
+        """Speak everything accepted on this connection, then send ``final`` (BYE back, as the Piper service did).
+
+        The call is let go before ``final`` goes out, so a client that reconnects with the same
+        call_id the moment it reads BYE starts a new call.
+        """
         service = self.server.service
         service.scheduler.submit(call, segmenter.finish())
         service.scheduler.wait_drained(call)
+        service.registry.disconnect(call, writer, cancel=False)
         writer.close(final=final)
         writer.wait_closed()
 
