@@ -92,3 +92,14 @@ def judge(tmp_path: Path, items: list[tuple[Path, str]]) -> dict:
                           capture_output=True, text=True, timeout=600, env=os.environ.copy())
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return json.loads(result.read_text())
+
+
+@contextmanager
+def speaking_with(service, spec: str):
+    """Speak with ``spec`` inside the block; the service's previous voice comes back afterwards."""
+    previous = service.voice_setting.get()[0]
+    try:
+        service.set_voice(spec)
+        yield service.voice_setting.get()[0]
+    finally:
+        service.voice_setting.set(voice=previous)

@@ -169,3 +169,22 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def reply_frames(address, call_id: str, *texts: str, timeout: float = 120.0) -> list[Frame]:
+    """One call as the seed's tests make it: HELLO, the texts, BYE; every frame up to the service's BYE."""
+    with LlamaClient(address, call_id, timeout=timeout) as client:
+        for text in texts:
+            client.text(text)
+        client.bye()
+        return client.read_until_bye()
+
+
+def checked_audio(frames: list[Frame], rate: int = 24000) -> np.ndarray:
+    """A reply's audio, after checking chunk ids 1..n, the header rate, and finite, audible samples."""
+    assert frames, "no audio"
+    assert [f.chunk_id for f in frames] == list(range(1, len(frames) + 1))
+    assert all(f.rate == rate for f in frames)
+    audio = np.concatenate([f.samples for f in frames])
+    assert np.isfinite(audio).all() and np.abs(audio).max() > 0.05
+    return audio

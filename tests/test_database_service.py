@@ -21,7 +21,7 @@ from conftest import ROOT, VOICES_DIR
 from kokoro_daemon.config_db import ConfigDB
 from kokoro_daemon.synthesis import AudioCache, Synthesizer
 from kokoro_daemon.voices import VoiceLibrary
-from peers import LlamaClient, free_port
+from peers import checked_audio, free_port, reply_frames
 
 SERVICE = [sys.executable, str(ROOT / "kokoro_service.py")]
 START_TIMEOUT_S = 120.0
@@ -29,15 +29,6 @@ START_TIMEOUT_S = 120.0
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run([*SERVICE, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-
-
-def reply_audio(address, call_id: str, text: str) -> np.ndarray:
-    with LlamaClient(address, call_id, timeout=60) as client:
-        client.text(text)
-        client.bye()
-        frames = client.read_until_bye()
-    assert frames and [f.chunk_id for f in frames] == list(range(1, len(frames) + 1))
-    return np.concatenate([f.samples for f in frames])
 
 
 @dataclass
@@ -124,7 +115,7 @@ def test_force_starts_a_disabled_service_and_reports_running(daemon):
 # 10 ------------------------------------------------------------------------------------------
 def test_voice_change_in_the_database_is_heard_on_the_next_reply(daemon, engine, g2p):
     text = "Thank you for holding."
-    sky = reply_audio(daemon.address, "voice-1", text)
+    sky = checked_audio(reply_frames(daemon.address, "voice-1", text))
     # what the service's own path (phonemes, engine, trimming) gives for this text in am_adam
     reference = Synthesizer(engine, g2p, AudioCache(0))
     adam = reference.speak(text, VoiceLibrary(str(VOICES_DIR)).load("am_adam"), 1.0)
@@ -135,7 +126,7 @@ def test_voice_change_in_the_database_is_heard_on_the_next_reply(daemon, engine,
     ConfigDB(daemon.db_path).set_kokoro_voice("am_adam")
     assert daemon.wait_log("voice is now am_adam", 5, mark), daemon.log[mark:]
     print(f"\nvoice change applied {time.monotonic() - changed:.2f} s after the database write")
-    heard = reply_audio(daemon.address, "voice-2", text)
+    heard = checked_audio(reply_frames(daemon.address, "voice-2", text))
     assert heard.shape == adam.shape and np.allclose(heard, adam, atol=1e-3)
     print(f"am_adam reply {'identical to' if np.array_equal(heard, adam) else 'close to'} the reference")
     assert heard.shape != sky.shape or not np.allclose(heard, sky, atol=1e-3)
@@ -144,7 +135,7 @@ def test_voice_change_in_the_database_is_heard_on_the_next_reply(daemon, engine,
     ConfigDB(daemon.db_path).set_kokoro_voice("no_such_voice")
     assert daemon.wait_log("database voice 'no_such_voice' refused", 5, mark), daemon.log[mark:]
     assert " ERROR " in daemon.log[mark:]
-    still = reply_audio(daemon.address, "voice-3", text)
+    still = checked_audio(reply_frames(daemon.address, "voice-3", text))
     assert still.shape == adam.shape and np.allclose(still, adam, atol=1e-3)
     assert daemon.proc.poll() is None
 
@@ -174,9 +165,9 @@ def test_another_process_writing_the_database_in_a_tight_loop(daemon):
         started = time.monotonic()
         texts = ["Your call is important to us.", "Thank you for holding.", "We will be right with you."]
         for n, text in enumerate(texts):
-            assert reply_audio(daemon.address, f"busy-db-{n}", text).size > 12000
+            assert checked_audio(reply_frames(daemon.address, f"busy-db-{n}", text)).size > 12000
         while time.monotonic() - started < 3.0:  # let the watcher poll a few times under the writes
-            assert reply_audio(daemon.address, "busy-db-again", texts[1]).size > 12000
+            assert checked_audio(reply_frames(daemon.address, "busy-db-again", texts[1])).size > 12000
         assert writer.poll() is None, writer.stderr.read()
     finally:
         writer.kill()

@@ -13,7 +13,7 @@ from prometheus_client import REGISTRY
 from conftest import PHRASES, judge, write_wav
 from kokoro_daemon.calls import Routing
 from kokoro_daemon.segmenter import split_text
-from peers import LlamaClient, ProcessorPeer, free_port, send_datagram
+from peers import LlamaClient, ProcessorPeer, free_port, reply_frames, send_datagram
 
 WAIT_S = 90.0  # generous: the engine shares two cores with everything else
 
@@ -94,13 +94,6 @@ def assert_call_frames(frames, count: int, first_id: int = 1, rate: int = 24000)
     audio = np.concatenate([f.samples for f in frames])
     assert np.isfinite(audio).all() and np.abs(audio).max() > 0.05
     return audio
-
-
-def reply_frames(address, call_id: str, text: str) -> list:
-    with LlamaClient(address, call_id) as client:
-        client.text(text)
-        client.bye()
-        return client.read_until_bye()
 
 
 # 1 -------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import re
 import pytest
 
 from conftest import PHRASES, judge, write_wav
-from test_service import assert_frames, speak
+from peers import checked_audio, reply_frames
 
 # Whisper writes the spoken "ten fifteen A M" as "10.15am"; the judge's normalizer only
 # unifies "10.15 am" with "10:15 AM", so that line costs two words however well it is said.
@@ -17,7 +17,7 @@ CLOCK_LINE = "10:15 AM"
 def test_phone_agent_phrases_are_intelligible(service, tmp_path):
     items = []
     for n, text in enumerate(PHRASES):
-        audio = assert_frames(speak(service.tcp_address, f"judge-{n}", text))
+        audio = checked_audio(reply_frames(service.tcp_address, f"judge-{n}", text))
         items.append((write_wav(tmp_path / f"phrase{n:02d}.wav", audio, 24000), text))
     first_five = judge(tmp_path, items[:5])
     everything = judge(tmp_path, items)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import importlib.util
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -10,7 +9,8 @@ from misaki import en, espeak
 
 from kokoro_daemon.g2p import G2PRegistry, G2PUnavailable
 from kokoro_daemon.synthesis import trim_silence
-from peers import LlamaClient
+from conftest import speaking_with
+from peers import checked_audio, reply_frames
 
 # (prefix, voice, espeak language, one sentence in that language)
 ESPEAK_CASES = [
@@ -27,28 +27,6 @@ EXTRAS = {
 }
 
 
-@contextmanager
-def voice(service, spec: str):
-    previous = service.voice_setting.get()[0]
-    try:
-        service.set_voice(spec)
-        yield service.voice_setting.get()[0]
-    finally:
-        service.voice_setting.set(voice=previous)
-
-
-def reply(service, call_id: str, text: str) -> np.ndarray:
-    with LlamaClient(service.tcp_address, call_id) as client:
-        client.text(text)
-        client.bye()
-        frames = client.read_until_bye()
-    assert frames and [f.chunk_id for f in frames] == list(range(1, len(frames) + 1))
-    assert all(f.rate == 24000 for f in frames)
-    audio = np.concatenate([f.samples for f in frames])
-    assert np.isfinite(audio).all()
-    return audio
-
-
 def rms(audio: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
 
@@ -62,10 +40,10 @@ def test_espeak_language_speaks_through_the_service(service, g2p, lang, voice_na
     phonemes = phonemizer(text)
     assert phonemes and phonemes == espeak.EspeakG2P(language=code)(text)[0].strip()
     assert phonemes != g2p.get("a")(text)
-    with voice(service, voice_name) as current:
+    with speaking_with(service, voice_name) as current:
         assert current.lang == lang
         assert service.synthesizer.phonemize(text, current) == phonemes
-        audio = reply(service, f"lang-{lang}", text)
+        audio = checked_audio(reply_frames(service.tcp_address, f"lang-{lang}", text))
     assert rms(audio) > 0.02, rms(audio)
     seconds = audio.size / 24000
     assert 0.03 * len(text) < seconds < 0.2 * len(text), (seconds, len(text))
@@ -92,9 +70,9 @@ def test_british_voice_uses_the_british_phonemizer(service, engine, g2p):
         assert british._convert.language == "en-gb"  # noqa: SLF001
     phonemes = british(text)
     assert phonemes and phonemes != american(text)
-    with voice(service, "bf_emma") as current:
+    with speaking_with(service, "bf_emma") as current:
         assert current.lang == "b"
-        audio = reply(service, "lang-b", text)
+        audio = checked_audio(reply_frames(service.tcp_address, "lang-b", text))
     assert rms(audio) > 0.02
     # the service spoke exactly the British phonemes with bf_emma's pack
     expected = trim_silence(engine.synthesize(phonemes, current.pack), engine.sample_rate)

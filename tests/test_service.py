@@ -7,12 +7,11 @@ import sys
 import threading
 import time
 
-import numpy as np
 import pytest
 
 from conftest import ROOT
 from kokoro_daemon import metrics
-from peers import BYE, LlamaClient, send_datagram
+from peers import BYE, LlamaClient, checked_audio, reply_frames, send_datagram
 
 SEED_VOICES = ["af_sky", "af_bella", "af_sarah", "am_adam", "am_michael", "bf_emma", "bf_isabella", "bm_george",
                "bm_lewis"]
@@ -20,23 +19,6 @@ SEED_VOICES = ["af_sky", "af_bella", "af_sarah", "am_adam", "am_michael", "bf_em
 
 def counter(name: str, **labels) -> float:
     return metrics.FRAMES_SENT._registry.get_sample_value(name, labels or None) or 0.0  # noqa: SLF001
-
-
-def speak(address, call_id: str, *texts: str) -> list:
-    with LlamaClient(address, call_id) as client:
-        for text in texts:
-            client.text(text)
-        client.bye()
-        return client.read_until_bye()
-
-
-def assert_frames(frames, rate: int = 24000) -> np.ndarray:
-    assert frames, "no audio"
-    assert [f.chunk_id for f in frames] == list(range(1, len(frames) + 1))
-    assert all(f.rate == rate for f in frames)
-    audio = np.concatenate([f.samples for f in frames])
-    assert np.isfinite(audio).all() and np.abs(audio).max() > 0.05
-    return audio
 
 
 def test_smoke_script_against_the_service(service):
@@ -56,8 +38,8 @@ def test_smoke_script_fails_without_a_service():
 
 
 def test_bye_after_text_delivers_its_audio_then_bye(service):
-    frames = speak(service.tcp_address, "4101", "Thank you for calling. How can I help you today?")
-    audio = assert_frames(frames)
+    frames = reply_frames(service.tcp_address, "4101", "Thank you for calling. How can I help you today?")
+    audio = checked_audio(frames)
     assert len(frames) == 2  # one frame per sentence
     assert 1.5 < audio.size / 24000 < 8
 
@@ -66,8 +48,8 @@ def test_every_seed_voice_speaks(service):
     before = {}
     for voice in SEED_VOICES:
         service.set_voice(voice)
-        frames = speak(service.tcp_address, f"v-{voice}", "Hello there.")
-        before[voice] = assert_frames(frames)
+        frames = reply_frames(service.tcp_address, f"v-{voice}", "Hello there.")
+        before[voice] = checked_audio(frames)
     service.set_voice("af_sky")
     assert len({a.tobytes() for a in before.values()}) == len(SEED_VOICES)
 
@@ -84,14 +66,14 @@ def test_header_split_across_segments(service):
         client.send_raw(BYE[:1])
         time.sleep(0.05)
         client.send_raw(BYE[1:])
-        assert_frames(client.read_until_bye())
+        checked_audio(client.read_until_bye())
 
 
 def test_two_calls_at_once(service):
     results = {}
 
     def run(call_id, text):
-        results[call_id] = speak(service.tcp_address, call_id, text)
+        results[call_id] = reply_frames(service.tcp_address, call_id, text)
 
     threads = [threading.Thread(target=run, args=(cid, text)) for cid, text in
                (("4103", "The first caller hears this. Then a second sentence."),
@@ -100,7 +82,7 @@ def test_two_calls_at_once(service):
         t.start()
     for t in threads:
         t.join(120)
-    a, b = assert_frames(results["4103"]), assert_frames(results["4104"])
+    a, b = checked_audio(results["4103"]), checked_audio(results["4104"])
     assert a.size != b.size
 
 
@@ -124,8 +106,8 @@ def test_long_lived_connection_keeps_working(service):
 
 
 def _assert_served_after(service):
-    frames = speak(service.tcp_address, "4199", "Still here.")
-    assert_frames(frames)
+    frames = reply_frames(service.tcp_address, "4199", "Still here.")
+    checked_audio(frames)
 
 
 @pytest.mark.parametrize("raw, log_text", [
@@ -148,7 +130,7 @@ def test_oversized_text_closes_only_that_connection(service, caplog):
         assert bad.is_closed_by_peer()
         good.text("The other caller is unaffected.")
         good.bye()
-        assert_frames(good.read_until_bye())
+        checked_audio(good.read_until_bye())
     assert "exceeds the 10485760-byte limit" in caplog.text
 
 
@@ -158,7 +140,7 @@ def test_invalid_utf8_text_costs_only_that_chunk(service, caplog):
         client.text("This sentence still arrives.")
         client.bye()
         frames = client.read_until_bye()
-    assert_frames(frames)
+    checked_audio(frames)
     assert len(frames) == 1
     assert "not valid UTF-8" in caplog.text
 

@@ -5,45 +5,19 @@ import logging
 import os
 import subprocess
 import sys
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, VOICES_DIR
+from conftest import ROOT, VOICES_DIR, speaking_with
 from kokoro_daemon.g2p import G2PUnavailable
 from kokoro_daemon.server import KokoroService, ServiceConfig
 from kokoro_daemon.synthesis import trim_silence
 from kokoro_daemon.voices import VoiceError, VoiceLibrary, parse_spec
-from peers import LlamaClient, free_port
+from peers import LlamaClient, checked_audio, free_port, reply_frames
 
 TEXT = "Your order has shipped today."
-
-
-def speak(address, call_id: str, *texts: str) -> np.ndarray:
-    """One LLaMA call: the texts, BYE, then every frame back; returns the audio, checked."""
-    with LlamaClient(address, call_id) as client:
-        for text in texts:
-            client.text(text)
-        client.bye()
-        frames = client.read_until_bye()
-    assert frames, "no audio"
-    assert [f.chunk_id for f in frames] == list(range(1, len(frames) + 1))
-    audio = np.concatenate([f.samples for f in frames])
-    assert np.isfinite(audio).all() and np.abs(audio).max() > 0.05
-    return audio
-
-
-@contextmanager
-def voice(service, spec: str):
-    """Speak with ``spec`` inside the block; the service's previous voice comes back afterwards."""
-    previous = service.voice_setting.get()[0]
-    try:
-        service.set_voice(spec)
-        yield service.voice_setting.get()[0]
-    finally:
-        service.voice_setting.set(voice=previous)
 
 
 def official(name: str) -> np.ndarray:
@@ -98,13 +72,13 @@ def test_weighted_blend_is_the_weighted_mean_of_its_packs():
 
 def test_blend_speaks_differently_from_both_parents_and_deterministically(service, engine, g2p):
     text = "Good morning to you."
-    with voice(service, "af_sky"):
-        sky = speak(service.tcp_address, "blend-sky", text)
-    with voice(service, "af_bella"):
-        bella = speak(service.tcp_address, "blend-bella", text)
-    with voice(service, "af_sky+af_bella") as blend:
-        first = speak(service.tcp_address, "blend-1", text)
-        second = speak(service.tcp_address, "blend-2", text)
+    with speaking_with(service, "af_sky"):
+        sky = checked_audio(reply_frames(service.tcp_address, "blend-sky", text))
+    with speaking_with(service, "af_bella"):
+        bella = checked_audio(reply_frames(service.tcp_address, "blend-bella", text))
+    with speaking_with(service, "af_sky+af_bella") as blend:
+        first = checked_audio(reply_frames(service.tcp_address, "blend-1", text))
+        second = checked_audio(reply_frames(service.tcp_address, "blend-2", text))
     for parent in (sky, bella):
         assert first.size != parent.size or not np.allclose(first, parent, atol=1e-3)
     np.testing.assert_array_equal(first, second)
@@ -129,9 +103,9 @@ def test_custom_npy_and_pt_packs_load_and_speak(service, tmp_path):
     np.testing.assert_array_equal(library.load(str(pt)).pack, sarah)
     np.testing.assert_allclose(library.load(f"{npy}(1)+{pt}(3)").pack, (bella + 3 * sarah) / 4, rtol=1e-5, atol=1e-6)
     for path, expected in ((npy, bella), (pt, sarah)):
-        with voice(service, str(path)) as current:
+        with speaking_with(service, str(path)) as current:
             np.testing.assert_array_equal(current.pack, expected)
-            speak(service.tcp_address, f"custom-{path.suffix[1:]}", "Hi there.")
+            checked_audio(reply_frames(service.tcp_address, f"custom-{path.suffix[1:]}", "Hi there."))
 
 
 def _bad_files(tmp_path):
@@ -243,11 +217,11 @@ def test_faster_speed_gives_proportionally_shorter_audio(service, make_service):
     before = service.voice_setting.get()[1]
     try:
         service.set_speed(1.0)
-        normal = speak(service.tcp_address, "speed-1", text)
+        normal = checked_audio(reply_frames(service.tcp_address, "speed-1", text))
     finally:
         service.voice_setting.set(speed=before)
     fast_service = make_service(speed=1.5)
-    fast = speak(fast_service.tcp_address, "speed-15", text)
+    fast = checked_audio(reply_frames(fast_service.tcp_address, "speed-15", text))
     assert 0.8 / 1.5 < fast.size / normal.size < 1.2 / 1.5, (fast.size, normal.size)
 
 
