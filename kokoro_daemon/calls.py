@@ -45,7 +45,8 @@ class Call:
     def __init__(self, call_id: str, routing: Routing):
         self.call_id = call_id
         self.routing = routing
-        self.numeric = call_id.isdigit()
+        port = routing.processor_base_port + int(call_id) if call_id.isascii() and call_id.isdigit() else None
+        self.processor_port = port if port is not None and port <= 65535 else None
         self.pending: deque[str] = deque()   # guarded by the scheduler
         self.in_flight = False               # guarded by the scheduler
         self.ended = threading.Event()
@@ -54,7 +55,7 @@ class Call:
         self._next_chunk_id = 1
         self._lock = threading.Lock()
         self._warned_unroutable = False
-        if routing.mode == "processor-only" and self.numeric:
+        if routing.mode == "processor-only" and self.processor_port is not None:
             self.processor = self._new_processor()
 
     def __repr__(self) -> str:
@@ -62,8 +63,7 @@ class Call:
 
     def _new_processor(self) -> ProcessorWriter:
         r = self.routing
-        return ProcessorWriter(self.call_id, r.processor_host, r.processor_base_port + int(self.call_id),
-                               r.max_queued_bytes, r.hold_seconds)
+        return ProcessorWriter(self.call_id, r.processor_host, self.processor_port, r.max_queued_bytes, r.hold_seconds)
 
     def _destination(self) -> BoundedWriter | None:
         if self.routing.mode == "reply-only":
@@ -107,9 +107,9 @@ class Call:
             return True
 
     def register_processor(self) -> None:
-        if not self.numeric:
-            log.warning("call %s registered, but only numeric call_ids have a processor port; "
-                        "its audio stays on the reply path", self.call_id)
+        if self.processor_port is None:
+            log.warning("call %s registered, but it has no processor port (the call_id is not a number, or "
+                        "base port + call_id is over 65535); its audio stays on the reply path", self.call_id)
             return
         with self._lock:
             if self.processor is None and self.routing.mode != "reply-only":

@@ -192,7 +192,10 @@ def test_unregistered_and_non_numeric_calls_get_audio_on_the_llama_connection(se
     send_datagram(service.udp_address, "REGISTER:agent-x")  # non-numeric: no processor port to use
     assert wait_for(lambda: service.registry.get("agent-x") is not None, 10)
     assert_call_frames(reply_frames(service.tcp_address, "agent-x", "Named calls work too."), 1)
-    assert counter("kokoro_frames_sent_total", destination="reply") - sent == 2
+    send_datagram(service.udp_address, "REGISTER:99999")  # 9002 + 99999 is no TCP port
+    assert wait_for(lambda: service.registry.get("99999") is not None, 10)
+    assert_call_frames(reply_frames(service.tcp_address, "99999", "Big numbers work too."), 1)
+    assert counter("kokoro_frames_sent_total", destination="reply") - sent == 3
 
 
 # 5 -------------------------------------------------------------------------------------------
