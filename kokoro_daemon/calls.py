@@ -47,7 +47,7 @@ class Call:
         self.routing = routing
         port = routing.processor_base_port + int(call_id) if call_id.isascii() and call_id.isdigit() else None
         self.processor_port = port if port is not None and port <= 65535 else None
-        self.pending: deque[str] = deque()   # guarded by the scheduler
+        self.pending: deque = deque()        # Segments, guarded by the scheduler
         self.in_flight = False               # guarded by the scheduler
         self.ended = threading.Event()
         self.reply: ReplyWriter | None = None

@@ -3,12 +3,19 @@
 One worker thread takes one segment at a time, so a long reply on one call cannot starve
 another call's first words, and each call's frames leave in its own order. A call that is
 cancelled loses its queue at once; the engine only finishes the segment it is on.
+
+While other calls are waiting, a call's turn takes its following queued segments along
+(up to MERGE_MAX_CHARS, never a reply's first segment): each model call pays for its own
+lead-in and trailing silence, so a busy engine speaks more per second in fewer, longer
+pieces, while an idle one keeps short pieces that reach the caller before the previous
+one has finished playing.
 """
 from __future__ import annotations
 
 import logging
 import threading
 from collections import deque
+from dataclasses import dataclass
 from typing import Callable
 
 from . import metrics
@@ -17,6 +24,14 @@ from .synthesis import Synthesizer
 from .voices import Voice
 
 log = logging.getLogger(__name__)
+
+MERGE_MAX_CHARS = 240
+
+
+@dataclass(frozen=True)
+class Segment:
+    text: str
+    opens_reply: bool = False
 
 
 class Scheduler:
@@ -37,11 +52,12 @@ class Scheduler:
             self._cond.notify_all()
         self._thread.join(timeout=30)
 
-    def submit(self, call: Call, segments: list[str]) -> None:
+    def submit(self, call: Call, segments: list[str], opens_reply: bool = False) -> None:
+        """Queue a call's segments; ``opens_reply`` when the first of them starts a reply (it is never merged)."""
         if not segments:
             return
         with self._cond:
-            call.pending.extend(segments)
+            call.pending.extend(Segment(text, opens_reply and not n) for n, text in enumerate(segments))
             if call not in self._ready and not call.in_flight:
                 self._ready.append(call)
             self._cond.notify_all()
@@ -69,7 +85,18 @@ class Scheduler:
                 return None
             call = self._ready.popleft()
             call.in_flight = True
-            return call, call.pending.popleft()
+            return call, self._next_text(call)
+
+    def _next_text(self, call: Call) -> str:
+        """The call's next segment, joined by its following ones while other calls wait (see module doc)."""
+        head = call.pending.popleft()
+        texts, size = [head.text], len(head.text)
+        if head.opens_reply or not self._ready:
+            return head.text
+        while call.pending and not call.pending[0].opens_reply and size + 1 + len(call.pending[0].text) <= MERGE_MAX_CHARS:
+            texts.append(call.pending.popleft().text)
+            size += 1 + len(texts[-1])
+        return " ".join(texts)
 
     def _done(self, call: Call) -> None:
         with self._cond:

@@ -75,6 +75,31 @@ def check_speed(speed: float) -> float:
     return speed
 
 
+class ReplyText:
+    """A connection's text on its way to the scheduler: split into segments, the first of each reply marked."""
+
+    def __init__(self, scheduler: Scheduler):
+        self.scheduler = scheduler
+        self.segmenter = SentenceSegmenter()
+        self.opens_reply = True
+
+    @property
+    def pending(self) -> bool:
+        return self.segmenter.pending
+
+    def add(self, call, text: str) -> None:
+        self._submit(call, self.segmenter.add_chunk(text))
+
+    def flush(self, call) -> None:
+        """The reply is complete (BYE, idle, or the connection ends): queue what is buffered."""
+        self._submit(call, self.segmenter.finish())
+        self.opens_reply = True
+
+    def _submit(self, call, segments: list[str]) -> None:
+        self.scheduler.submit(call, segments, self.opens_reply)
+        self.opens_reply = self.opens_reply and not segments
+
+
 class LlamaHandler(socketserver.BaseRequestHandler):
     """One LLaMA connection: HELLO, then text chunks, then (perhaps never) BYE."""
 
@@ -101,15 +126,15 @@ class LlamaHandler(socketserver.BaseRequestHandler):
             return
         writer = ReplyWriter(sock, f"reply-{call_id}", service.config.routing.max_queued_bytes)
         call = service.registry.open(call_id, writer)
-        segmenter = SentenceSegmenter()
+        text = ReplyText(service.scheduler)
         poller = select.poll()
         poller.register(sock, select.POLLIN)
         log.info("call %s: LLaMA connected from %s", call_id, peer)
         cancel, said_bye = True, False
         try:
             while True:
-                if segmenter.pending and not poller.poll(service.config.idle_flush_s * 1000):
-                    service.scheduler.submit(call, segmenter.finish())
+                if text.pending and not poller.poll(service.config.idle_flush_s * 1000):
+                    text.flush(call)
                     continue
                 try:
                     message = read_message(sock)
@@ -123,7 +148,7 @@ class LlamaHandler(socketserver.BaseRequestHandler):
                     break
                 if call.ended.is_set():
                     call = service.registry.open(call_id, writer)
-                service.scheduler.submit(call, segmenter.add_chunk(message.text))
+                text.add(call, message.text)
             cancel, said_bye = False, True
             log.info("call %s: BYE; finishing its audio", call_id)
         except PeerClosed as exc:
@@ -139,22 +164,22 @@ class LlamaHandler(socketserver.BaseRequestHandler):
         except OSError as exc:
             log.info("call %s: LLaMA connection lost: %s", call_id, exc)
         if call.reply is not writer:
-            service.scheduler.submit(call, segmenter.finish())
+            text.flush(call)
             return
         if cancel:
             service.registry.disconnect(call, writer, cancel=True)
             writer.close(discard_pending=True)
         else:
-            self._deliver_accepted(call, writer, segmenter, final=BYE_BYTES if said_bye else None)
+            self._deliver_accepted(call, writer, text, final=BYE_BYTES if said_bye else None)
 
-    def _deliver_accepted(self, call, writer: ReplyWriter, segmenter: SentenceSegmenter, final: bytes | None) -> None:
+    def _deliver_accepted(self, call, writer: ReplyWriter, text: ReplyText, final: bytes | None) -> None:
         """Speak everything accepted on this connection, then send ``final`` (BYE back, as the Piper service did).
 
         The call is let go before ``final`` goes out, so a client that reconnects with the same
         call_id the moment it reads BYE starts a new call.
         """
         service = self.server.service
-        service.scheduler.submit(call, segmenter.finish())
+        text.flush(call)
         service.scheduler.wait_drained(call)
         service.registry.disconnect(call, writer, cancel=False)
         writer.close(final=final)

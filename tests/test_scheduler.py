@@ -26,7 +26,7 @@ class RecordingEngine(Engine):
     name = "recording"
 
     def __init__(self):
-        super().__init__({ch: i for i, ch in enumerate(string.ascii_letters + string.digits, start=1)})
+        super().__init__({ch: i for i, ch in enumerate(string.ascii_letters + string.digits + " ", start=1)})
         self.order: list[str] = []
         self.release = threading.Event()
 
@@ -69,17 +69,48 @@ def test_round_robin_by_segment():
     engine, scheduler = stub_scheduler()
     try:
         (a, a_peer), (b, b_peer), (c, c_peer) = (connected_call(x) for x in "ABC")
-        scheduler.submit(a, ["aOne", "aTwo", "aThree"])
+        scheduler.submit(a, ["aOne", "aTwo"], opens_reply=True)
         time.sleep(0.1)  # aOne is now in the engine
-        scheduler.submit(b, ["bOne", "bTwo"])
-        scheduler.submit(c, ["cOne"])
+        scheduler.submit(b, ["bOne", "bTwo"], opens_reply=True)
+        scheduler.submit(c, ["cOne"], opens_reply=True)
+        scheduler.submit(c, ["cTwo"], opens_reply=True)
         engine.release.set()
         for call in (a, b, c):
             assert scheduler.wait_drained(call, 10)
-        assert engine.order == ["aOne", "bOne", "cOne", "aTwo", "bTwo", "aThree"]
-        assert read_ids(a_peer, 3) == [1, 2, 3]
+        assert engine.order == ["aOne", "bOne", "cOne", "aTwo", "bTwo", "cTwo"]
+        assert read_ids(a_peer, 2) == [1, 2]
         assert read_ids(b_peer, 2) == [1, 2]
-        assert read_ids(c_peer, 1) == [1]
+        assert read_ids(c_peer, 2) == [1, 2]
+    finally:
+        scheduler.stop()
+
+
+def test_a_busy_engine_joins_a_calls_continuations_but_never_a_replys_first_segment():
+    engine, scheduler = stub_scheduler()
+    try:
+        (a, a_peer), (b, b_peer) = connected_call("A"), connected_call("B")
+        scheduler.submit(a, ["aOne", "aTwo", "aThree"], opens_reply=True)
+        scheduler.submit(a, ["aNext", "aLast"], opens_reply=True)
+        time.sleep(0.1)  # aOne is now in the engine
+        scheduler.submit(b, ["bOne", "bTwo", "bThree"], opens_reply=True)
+        engine.release.set()
+        assert scheduler.wait_drained(a, 10) and scheduler.wait_drained(b, 10)
+        assert engine.order == ["aOne", "bOne", "aTwo aThree", "bTwo bThree", "aNext", "aLast"]
+        assert read_ids(a_peer, 4) == [1, 2, 3, 4]
+        assert read_ids(b_peer, 2) == [1, 2]
+    finally:
+        scheduler.stop()
+
+
+def test_an_idle_engine_keeps_segments_apart():
+    engine, scheduler = stub_scheduler()
+    engine.release.set()
+    try:
+        call, peer = connected_call("A")
+        scheduler.submit(call, ["aOne", "aTwo", "aThree"], opens_reply=True)
+        assert scheduler.wait_drained(call, 10)
+        assert engine.order == ["aOne", "aTwo", "aThree"]
+        assert read_ids(peer, 3) == [1, 2, 3]
     finally:
         scheduler.stop()
 
@@ -88,9 +119,9 @@ def test_cancel_drops_queued_segments_at_once():
     engine, scheduler = stub_scheduler()
     try:
         (a, _), (b, _) = connected_call("A"), connected_call("B")
-        scheduler.submit(a, ["aOne", "aTwo", "aThree", "aFour"])
+        scheduler.submit(a, ["aOne", "aTwo", "aThree", "aFour"], opens_reply=True)
         time.sleep(0.1)
-        scheduler.submit(b, ["bOne"])
+        scheduler.submit(b, ["bOne"], opens_reply=True)
         before = metrics.SEGMENTS_CANCELLED._value.get()  # noqa: SLF001
         a.ended.set()
         scheduler.cancel(a)
