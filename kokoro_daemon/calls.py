@@ -42,6 +42,8 @@ def resample(audio: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
 
 
 class Call:
+    """One phone call: its queued segments, its chunk-id counter, and its two possible destinations."""
+
     def __init__(self, call_id: str, routing: Routing):
         self.call_id = call_id
         self.routing = routing

@@ -179,6 +179,14 @@ def run(args) -> int:
         log.error("the service is disabled in %s (kokoro_service_enabled = false); "
                   "enable it with 'kokoro_service.py db enable --db %s' or start with --force", args.db, args.db)
         return EXIT_DISABLED
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        log.info("received %s; shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)  # set before start-up, so a stop during it is still clean
+    signal.signal(signal.SIGINT, on_signal)
     if db is not None:
         db.set_kokoro_service_status("starting")
     try:
@@ -198,14 +206,6 @@ def run(args) -> int:
         db.set_kokoro_service_status("running")
         watcher = ConfigWatcher(db, lambda changes: apply_db_changes(service, changes))
         watcher.start()
-    stop = threading.Event()
-
-    def on_signal(signum, _frame):
-        log.info("received %s; shutting down", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     stop.wait()
     if watcher is not None:
         watcher.stop()
