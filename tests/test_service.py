@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import ROOT
 from kokoro_daemon import metrics
@@ -163,3 +164,32 @@ def test_garbage_datagrams_are_ignored(service, caplog, datagram):
         time.sleep(0.02)
     assert "ignored datagram" in caplog.text
     _assert_served_after(service)
+
+
+def test_text_streamed_in_pieces_is_joined_into_sentences(service):
+    """LLaMA may send a reply in pieces cut anywhere; the caller still hears whole sentences."""
+    with LlamaClient(service.tcp_address, "4110") as client:
+        for piece in ("Thank you for cal", "ling. How can", " I help", " you today?"):
+            client.text(piece)
+            time.sleep(0.05)
+        client.bye()
+        frames = client.read_until_bye()
+    audio = checked_audio(frames)
+    assert len(frames) == 2  # "Thank you for calling." and "How can I help you today?"
+    assert audio.size / 24000 > 2.0
+
+
+def test_trailing_text_without_punctuation_is_spoken_after_a_pause(service):
+    """The real LLaMA never sends BYE: a reply without final punctuation must not wait forever."""
+    with LlamaClient(service.tcp_address, "4111") as client:
+        client.text("Sure, one moment please")
+        frame = client.read_frame()
+        assert frame.chunk_id == 1 and frame.samples.size > 12000
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(min_size=1, max_size=48), st.booleans())
+def test_random_bytes_never_take_the_service_down(service, data, after_hello):
+    with LlamaClient(service.tcp_address, "4112" if after_hello else None, timeout=10) as client:
+        client.send_raw(data)
+    checked_audio(reply_frames(service.tcp_address, "4113", "Still fine."))
