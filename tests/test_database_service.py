@@ -21,7 +21,7 @@ from conftest import ROOT, VOICES_DIR
 from kokoro_daemon.config_db import ConfigDB
 from kokoro_daemon.synthesis import AudioCache, Synthesizer
 from kokoro_daemon.voices import VoiceLibrary
-from peers import checked_audio, free_port, reply_frames
+from peers import LlamaClient, checked_audio, free_port, reply_frames
 
 SERVICE = [sys.executable, str(ROOT / "kokoro_service.py")]
 START_TIMEOUT_S = 120.0
@@ -131,12 +131,19 @@ def test_voice_change_in_the_database_is_heard_on_the_next_reply(daemon, engine,
     print(f"am_adam reply {'identical to' if np.array_equal(heard, adam) else 'close to'} the reference")
     assert heard.shape != sky.shape or not np.allclose(heard, sky, atol=1e-3)
 
-    mark = len(daemon.log)
-    ConfigDB(daemon.db_path).set_kokoro_voice("no_such_voice")
-    assert daemon.wait_log("database voice 'no_such_voice' refused", 5, mark), daemon.log[mark:]
-    assert " ERROR " in daemon.log[mark:]
-    still = checked_audio(reply_frames(daemon.address, "voice-3", text))
-    assert still.shape == adam.shape and np.allclose(still, adam, atol=1e-3)
+    nan_pack = daemon.db_path.parent / "broken.npy"
+    np.save(nan_pack, np.full((510, 256), np.nan, dtype=np.float32))
+    for bad, reason in (("no_such_voice", "not found"), (str(nan_pack), "NaN")):
+        mark = len(daemon.log)
+        with LlamaClient(daemon.address, f"in-progress-{reason}") as call:  # a call in progress meanwhile
+            call.text("One moment while I check. I am looking at your account now.")
+            ConfigDB(daemon.db_path).set_kokoro_voice(bad)
+            assert daemon.wait_log(f"database voice {bad!r} refused", 5, mark), daemon.log[mark:]
+            assert " ERROR " in daemon.log[mark:] and reason in daemon.log[mark:]
+            call.bye()
+            assert len(call.read_until_bye()) == 2
+        still = checked_audio(reply_frames(daemon.address, f"voice-after-{reason}", text))
+        assert still.shape == adam.shape and np.allclose(still, adam, atol=1e-3)
     assert daemon.proc.poll() is None
 
 
