@@ -90,9 +90,9 @@ class Scheduler:
     def _next_text(self, call: Call) -> str:
         """The call's next segment, joined by its following ones while other calls wait (see module doc)."""
         head = call.pending.popleft()
-        texts, size = [head.text], len(head.text)
         if head.opens_reply or not self._ready:
             return head.text
+        texts, size = [head.text], len(head.text)
         while call.pending and not call.pending[0].opens_reply and size + 1 + len(call.pending[0].text) <= MERGE_MAX_CHARS:
             texts.append(call.pending.popleft().text)
             size += 1 + len(texts[-1])

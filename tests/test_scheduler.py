@@ -7,6 +7,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 
 from kokoro_daemon import metrics
 from kokoro_daemon.calls import Call, Routing
@@ -41,11 +42,14 @@ class LiteralG2P:
         return lambda text: text
 
 
-def stub_scheduler():
+@pytest.fixture
+def stub():
+    """A running scheduler in front of the recording engine: (engine, scheduler)."""
     engine = RecordingEngine()
     scheduler = Scheduler(Synthesizer(engine, LiteralG2P(), AudioCache(0)), lambda: (STUB_VOICE, 1.0))
     scheduler.start()
-    return engine, scheduler
+    yield engine, scheduler
+    scheduler.stop()
 
 
 def connected_call(call_id: str) -> tuple[Call, socket.socket]:
@@ -65,72 +69,60 @@ def read_ids(sock: socket.socket, count: int) -> list[int]:
     return ids
 
 
-def test_round_robin_by_segment():
-    engine, scheduler = stub_scheduler()
-    try:
-        (a, a_peer), (b, b_peer), (c, c_peer) = (connected_call(x) for x in "ABC")
-        scheduler.submit(a, ["aOne", "aTwo"], opens_reply=True)
-        time.sleep(0.1)  # aOne is now in the engine
-        scheduler.submit(b, ["bOne", "bTwo"], opens_reply=True)
-        scheduler.submit(c, ["cOne"], opens_reply=True)
-        scheduler.submit(c, ["cTwo"], opens_reply=True)
-        engine.release.set()
-        for call in (a, b, c):
-            assert scheduler.wait_drained(call, 10)
-        assert engine.order == ["aOne", "bOne", "cOne", "aTwo", "bTwo", "cTwo"]
-        assert read_ids(a_peer, 2) == [1, 2]
-        assert read_ids(b_peer, 2) == [1, 2]
-        assert read_ids(c_peer, 2) == [1, 2]
-    finally:
-        scheduler.stop()
-
-
-def test_a_busy_engine_joins_a_calls_continuations_but_never_a_replys_first_segment():
-    engine, scheduler = stub_scheduler()
-    try:
-        (a, a_peer), (b, b_peer) = connected_call("A"), connected_call("B")
-        scheduler.submit(a, ["aOne", "aTwo", "aThree"], opens_reply=True)
-        scheduler.submit(a, ["aNext", "aLast"], opens_reply=True)
-        time.sleep(0.1)  # aOne is now in the engine
-        scheduler.submit(b, ["bOne", "bTwo", "bThree"], opens_reply=True)
-        engine.release.set()
-        assert scheduler.wait_drained(a, 10) and scheduler.wait_drained(b, 10)
-        assert engine.order == ["aOne", "bOne", "aTwo aThree", "bTwo bThree", "aNext", "aLast"]
-        assert read_ids(a_peer, 4) == [1, 2, 3, 4]
-        assert read_ids(b_peer, 2) == [1, 2]
-    finally:
-        scheduler.stop()
-
-
-def test_an_idle_engine_keeps_segments_apart():
-    engine, scheduler = stub_scheduler()
+def test_round_robin_by_segment(stub):
+    engine, scheduler = stub
+    (a, a_peer), (b, b_peer), (c, c_peer) = (connected_call(x) for x in "ABC")
+    scheduler.submit(a, ["aOne", "aTwo"], opens_reply=True)
+    time.sleep(0.1)  # aOne is now in the engine
+    scheduler.submit(b, ["bOne", "bTwo"], opens_reply=True)
+    scheduler.submit(c, ["cOne"], opens_reply=True)
+    scheduler.submit(c, ["cTwo"], opens_reply=True)
     engine.release.set()
-    try:
-        call, peer = connected_call("A")
-        scheduler.submit(call, ["aOne", "aTwo", "aThree"], opens_reply=True)
+    for call in (a, b, c):
         assert scheduler.wait_drained(call, 10)
-        assert engine.order == ["aOne", "aTwo", "aThree"]
-        assert read_ids(peer, 3) == [1, 2, 3]
-    finally:
-        scheduler.stop()
+    assert engine.order == ["aOne", "bOne", "cOne", "aTwo", "bTwo", "cTwo"]
+    assert read_ids(a_peer, 2) == [1, 2]
+    assert read_ids(b_peer, 2) == [1, 2]
+    assert read_ids(c_peer, 2) == [1, 2]
 
 
-def test_cancel_drops_queued_segments_at_once():
-    engine, scheduler = stub_scheduler()
-    try:
-        (a, _), (b, _) = connected_call("A"), connected_call("B")
-        scheduler.submit(a, ["aOne", "aTwo", "aThree", "aFour"], opens_reply=True)
-        time.sleep(0.1)
-        scheduler.submit(b, ["bOne"], opens_reply=True)
-        before = metrics.SEGMENTS_CANCELLED._value.get()  # noqa: SLF001
-        a.ended.set()
-        scheduler.cancel(a)
-        engine.release.set()
-        assert scheduler.wait_drained(b, 10) and scheduler.wait_drained(a, 10)
-        assert engine.order == ["aOne", "bOne"]
-        assert metrics.SEGMENTS_CANCELLED._value.get() - before == 3  # noqa: SLF001
-    finally:
-        scheduler.stop()
+def test_a_busy_engine_joins_a_calls_continuations_but_never_a_replys_first_segment(stub):
+    engine, scheduler = stub
+    (a, a_peer), (b, b_peer) = connected_call("A"), connected_call("B")
+    scheduler.submit(a, ["aOne", "aTwo", "aThree"], opens_reply=True)
+    scheduler.submit(a, ["aNext", "aLast"], opens_reply=True)
+    time.sleep(0.1)  # aOne is now in the engine
+    scheduler.submit(b, ["bOne", "bTwo", "bThree"], opens_reply=True)
+    engine.release.set()
+    assert scheduler.wait_drained(a, 10) and scheduler.wait_drained(b, 10)
+    assert engine.order == ["aOne", "bOne", "aTwo aThree", "bTwo bThree", "aNext", "aLast"]
+    assert read_ids(a_peer, 4) == [1, 2, 3, 4]
+    assert read_ids(b_peer, 2) == [1, 2]
+
+
+def test_an_idle_engine_keeps_segments_apart(stub):
+    engine, scheduler = stub
+    engine.release.set()
+    call, peer = connected_call("A")
+    scheduler.submit(call, ["aOne", "aTwo", "aThree"], opens_reply=True)
+    assert scheduler.wait_drained(call, 10)
+    assert engine.order == ["aOne", "aTwo", "aThree"]
+    assert read_ids(peer, 3) == [1, 2, 3]
+
+
+def test_cancel_drops_queued_segments_at_once(stub):
+    engine, scheduler = stub
+    (a, _), (b, _) = connected_call("A"), connected_call("B")
+    scheduler.submit(a, ["aOne", "aTwo", "aThree", "aFour"], opens_reply=True)
+    time.sleep(0.1)
+    scheduler.submit(b, ["bOne"], opens_reply=True)
+    before = metrics.SEGMENTS_CANCELLED._value.get()  # noqa: SLF001
+    a.ended.set()
+    scheduler.cancel(a)
+    engine.release.set()
+    assert scheduler.wait_drained(b, 10) and scheduler.wait_drained(a, 10)
+    assert engine.order == ["aOne", "bOne"]
+    assert metrics.SEGMENTS_CANCELLED._value.get() - before == 3  # noqa: SLF001
 
 
 LONG_REPLY = ("I can certainly help you with rescheduling that appointment today. "
