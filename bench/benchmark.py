@@ -77,9 +77,10 @@ def free_port(kind: int) -> int:
 class ServiceProcess:
     """``kokoro_service.py`` on free ports; its stderr is kept (and saved) to see when it is ready."""
 
-    def __init__(self, voices_dir: Path, log_path: Path, cache_mb: float | None):
+    def __init__(self, voices_dir: Path, log_path: Path, cache_mb: float | None,
+                 engine_args: tuple[str, ...] = ("--engine", "onnx")):
         self.tcp_port = free_port(socket.SOCK_STREAM)
-        command = [sys.executable, str(ROOT / "kokoro_service.py"), "--engine", "onnx", "--device", "cpu",
+        command = [sys.executable, str(ROOT / "kokoro_service.py"), *engine_args, "--device", "cpu",
                    "-t", str(self.tcp_port), "-u", str(free_port(socket.SOCK_DGRAM)),
                    "--voices-dir", str(voices_dir)]
         if cache_mb is not None:
@@ -164,6 +165,7 @@ class CallResult:
     first_at: float | None = None
     last_at: float | None = None
     frames: list[tuple[int, int, int]] = field(default_factory=list)   # (chunk_id, rate, samples)
+    audio: list[np.ndarray] = field(default_factory=list)              # payloads, when kept
     error: str | None = None
 
     @property
@@ -194,7 +196,8 @@ def recv_exact(sock: socket.socket, size: int) -> bytes:
     return bytes(buf)
 
 
-def run_call(address, call_id: str, text: str, barrier: threading.Barrier | None = None) -> CallResult:
+def run_call(address, call_id: str, text: str, barrier: threading.Barrier | None = None,
+             keep_audio: bool = False) -> CallResult:
     """One call as the LLaMA peer makes it: HELLO, one text chunk, BYE; then read frames to the service's BYE.
 
     Connecting and HELLO happen before the barrier, so concurrent calls start their text together.
@@ -217,7 +220,9 @@ def run_call(address, call_id: str, text: str, barrier: threading.Barrier | None
                 if size == BYE:
                     break
                 rate, chunk_id = struct.unpack(">II", recv_exact(sock, 8))
-                recv_exact(sock, size)
+                payload = recv_exact(sock, size)
+                if keep_audio:
+                    result.audio.append(np.frombuffer(payload, dtype="<f4"))
                 result.last_at = time.perf_counter()
                 result.first_at = result.first_at or result.last_at
                 result.frames.append((chunk_id, rate, size // 4))

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
-import struct
 import subprocess
 import sys
 import tempfile
-import wave
 from pathlib import Path
 
 import numpy as np
+import soundfile
+
+from benchmark import run_call
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -36,36 +36,8 @@ def phrases() -> list[str]:
     return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
 
 
-def recv_exact(sock: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            raise ConnectionError("service closed the connection")
-        data += chunk
-    return data
-
-
-def reply_audio(address, call_id: str, text: str) -> tuple[np.ndarray, int]:
-    """HELLO, one text chunk, BYE; every frame up to the service's BYE, joined."""
-    with socket.create_connection(address, timeout=300) as sock:
-        for payload in (call_id.encode(), text.encode("utf-8")):
-            sock.sendall(struct.pack(">I", len(payload)) + payload)
-        sock.sendall(b"\xff\xff\xff\xff")
-        pieces, rate = [], 24000
-        while (head := recv_exact(sock, 4)) != b"\xff\xff\xff\xff":
-            size = struct.unpack(">I", head)[0]
-            rate, _ = struct.unpack(">II", recv_exact(sock, 8))
-            pieces.append(np.frombuffer(recv_exact(sock, size), dtype="<f4"))
-    return np.concatenate(pieces), rate
-
-
 def write_wav(path: Path, samples: np.ndarray, rate: int) -> Path:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+    soundfile.write(path, np.clip(samples, -1.0, 1.0), rate, subtype="PCM_16")
     return path
 
 
@@ -90,7 +62,10 @@ def service_items(service: KokoroService, voice: str, lines: list[str], folder: 
     service.set_voice(voice)
     items = []
     for n, text in enumerate(lines):
-        audio, rate = reply_audio(service.tcp_address, str(7000 + n), text)
+        reply = run_call(service.tcp_address, str(7000 + n), text, keep_audio=True)
+        if reply.error or not reply.frames:
+            raise RuntimeError(f"no reply for {text!r}: {reply.error}")
+        audio, rate = np.concatenate(reply.audio), reply.frames[0][1]
         items.append((write_wav(folder / f"service-{voice}-{n:02d}.wav", audio, rate), text))
     return items
 

@@ -12,25 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import signal
-import socket
-import struct
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmark import ROOT, BenchmarkError, ServiceProcess, run_call
+
 SHARED = ROOT.parent / "shared"
 REPLY = "Thank you for calling. How can I help you today?"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def random_full_size_weights(config: Path, folder: Path) -> Path:
@@ -46,55 +35,21 @@ def random_full_size_weights(config: Path, folder: Path) -> Path:
     return weights
 
 
-def rss_mib(pid: int) -> dict[str, float]:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return {key: int(re.search(rf"{key}:\s+(\d+) kB", status).group(1)) / 1024 for key in ("VmRSS", "VmHWM")}
-
-
-def speak(port: int) -> float:
-    """One reply over the real protocol; returns seconds of audio received."""
-    with socket.create_connection(("127.0.0.1", port), timeout=300) as sock:
-        for payload in (b"1", REPLY.encode()):
-            sock.sendall(struct.pack(">I", len(payload)) + payload)
-        sock.sendall(b"\xff\xff\xff\xff")
-        data = b""
-        while chunk := sock.recv(1 << 16):
-            data += chunk
-    samples, offset = 0, 0
-    while offset + 4 <= len(data) and data[offset:offset + 4] != b"\xff\xff\xff\xff":
-        size, rate, _ = struct.unpack(">III", data[offset:offset + 12])
-        samples += size // 4
-        offset += 12 + size
-    return samples / 24000
-
-
-def measure(engine_args: list[str], voices_dir: str) -> dict:
-    port, udp = free_port(), free_port()
-    command = [sys.executable, str(ROOT / "kokoro_service.py"), *engine_args, "--device", "cpu",
-               "-t", str(port), "-u", str(udp), "--voices-dir", voices_dir]
-    started = time.monotonic()
-    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+def measure(engine_args: tuple[str, ...], voices_dir: str, log_path: Path) -> dict:
+    """Start to ready, memory then, one reply over the real protocol, memory after it."""
+    service = ServiceProcess(Path(voices_dir), log_path, cache_mb=None, engine_args=engine_args)
     try:
-        for line in proc.stderr:
-            if "ready in" in line:
-                ready_s = time.monotonic() - started
-                break
-            if "failed to start" in line:
-                raise RuntimeError(line.strip())
-        else:
-            raise RuntimeError(f"service exited with {proc.wait()} before it was ready")
-        at_ready = rss_mib(proc.pid)
-        audio_s = speak(port)
-        after = rss_mib(proc.pid)
-        return {"command": " ".join(command[1:]), "ready_s": round(ready_s, 2),
-                "rss_ready_mib": round(at_ready["VmRSS"]), "rss_after_reply_mib": round(after["VmRSS"]),
-                "peak_rss_mib": round(after["VmHWM"]), "reply_audio_s": round(audio_s, 2)}
+        ready = service.wait_ready()
+        at_ready = service.memory_mb()
+        reply = run_call(service.address, "1", REPLY)
+        if reply.error or not reply.frames:
+            raise BenchmarkError(f"no reply from the service: {reply.error}")
+        after = service.memory_mb()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        service.stop()
+    return {"engine_args": " ".join(engine_args), "ready_s": round(ready["startup_s"], 2),
+            "rss_ready_mib": round(at_ready["rss_mb"]), "rss_after_reply_mib": round(after["rss_mb"]),
+            "peak_rss_mib": round(after["peak_rss_mb"]), "reply_audio_s": round(reply.audio_s, 2)}
 
 
 def main() -> int:
@@ -108,11 +63,11 @@ def main() -> int:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         if args.engine in ("onnx", "both"):
-            results["onnx"] = measure(["--engine", "onnx"], args.voices_dir)
+            results["onnx"] = measure(("--engine", "onnx"), args.voices_dir, Path(tmp) / "onnx.log")
         if args.engine in ("kokoro", "both"):
             weights = args.kokoro_model or str(random_full_size_weights(Path(args.kokoro_config), Path(tmp)))
-            results["kokoro"] = measure(["--engine", "kokoro", "--model", weights,
-                                         "--model-config", args.kokoro_config], args.voices_dir)
+            results["kokoro"] = measure(("--engine", "kokoro", "--model", weights, "--model-config", args.kokoro_config),
+                                        args.voices_dir, Path(tmp) / "kokoro.log")
             results["kokoro"]["weights"] = "given" if args.kokoro_model else "random, full size"
     for engine, figures in results.items():
         print(f"{engine:7s} ready in {figures['ready_s']:6.2f} s   RSS at ready {figures['rss_ready_mib']:5d} MiB   "
