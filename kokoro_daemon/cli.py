@@ -8,16 +8,18 @@ import signal
 import sys
 import threading
 
-from .calls import ROUTING_MODES, Routing
+from .calls import LINK_MODES, ROUTING_MODES, Routing
 from .config_db import ConfigDB, ConfigWatcher
 from .engines import ENGINE_CHOICES
-from .server import KokoroService, ServiceConfig, check_speed
+from .scheduler import SCHEDULES
+from .server import LOOPBACK, KokoroService, ServiceConfig, check_speed
 from .voices import VoiceError, VoiceLibrary
 
 log = logging.getLogger("kokoro_service")
 
 DEFAULT_VOICE = "af_sky"
 EXIT_DISABLED = 3
+DEFAULT_ENGINE_WORKERS = 1
 
 
 def _env(name: str, default=None, kind=str):
@@ -79,6 +81,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="host of the outbound audio processors (default 127.0.0.1) [KOKORO_PROCESSOR_HOST]")
     p.add_argument("--processor-base-port", type=int, default=_env("KOKORO_PROCESSOR_BASE_PORT", 9002, int),
                    help="call N's processor listens on this + N (default 9002) [KOKORO_PROCESSOR_BASE_PORT]")
+    p.add_argument("--processor-link", choices=LINK_MODES, default=_env("KOKORO_PROCESSOR_LINK", "auto"),
+                   help="dial-in: listen on base+N and announce REGISTER:N to UDP announce-base+N until the processor "
+                        "dials in (today's processor); dial-out: connect to base+N on REGISTER:N (Piper-era); auto: "
+                        "both, the first link carries the call (default auto) [KOKORO_PROCESSOR_LINK]")
+    p.add_argument("--announce-base-port", type=int, default=_env("KOKORO_ANNOUNCE_BASE_PORT", 13000, int),
+                   help="dial-in: REGISTER:N goes to UDP this + N on the processor host (default 13000) "
+                        "[KOKORO_ANNOUNCE_BASE_PORT]")
+    p.add_argument("--processor-wait-s", type=float, default=_env("KOKORO_PROCESSOR_WAIT_S", 1.5, float),
+                   help="how long a new call's audio waits for its processor before going back on the LLaMA "
+                        "connection (default 1.5) [KOKORO_PROCESSOR_WAIT_S]")
+    p.add_argument("--max-lead-s", type=float, default=_env("KOKORO_MAX_LEAD_S", 6.0, float),
+                   help="never send a processor more than this many seconds ahead of real-time playout "
+                        "(default 6) [KOKORO_MAX_LEAD_S]")
+    p.add_argument("--schedule", choices=SCHEDULES, default=_env("KOKORO_SCHEDULE", "playout"),
+                   help="playout: serve the caller whose audio runs out soonest; round-robin: one segment per call "
+                        "in turn (default playout) [KOKORO_SCHEDULE]")
+    p.add_argument("--engine-workers", type=int, default=_env("KOKORO_ENGINE_WORKERS", DEFAULT_ENGINE_WORKERS, int),
+                   help=f"engines (each a model behind its own lock) speaking different calls at once "
+                        f"(default {DEFAULT_ENGINE_WORKERS}) [KOKORO_ENGINE_WORKERS]")
+    p.add_argument("--allow-from", default=_env("KOKORO_ALLOW_FROM", ",".join(LOOPBACK)),
+                   help="comma-separated addresses or networks whose REGISTER/BYE datagrams are obeyed "
+                        "(default loopback) [KOKORO_ALLOW_FROM]")
     p.add_argument("--max-queue-kb", type=int, default=_env("KOKORO_MAX_QUEUE_KB", 8192, int),
                    help="per-destination queue budget; the oldest audio is dropped beyond it (default 8192) "
                         "[KOKORO_MAX_QUEUE_KB]")
@@ -150,13 +174,18 @@ def list_voices(voices_dir: str | None) -> int:
 def config_from_args(args, db: ConfigDB | None) -> ServiceConfig:
     voice = args.voice or (db.get_kokoro_voice() if db else None) or DEFAULT_VOICE
     speed = args.speed if args.speed is not None else (db.get_kokoro_speed() if db else 1.0)
-    routing = Routing(mode=args.routing, processor_host=args.processor_host,
-                      processor_base_port=args.processor_base_port, output_rate=args.output_rate,
+    routing = Routing(mode=args.routing, link=args.processor_link, listen_host=args.host,
+                      processor_host=args.processor_host, processor_base_port=args.processor_base_port,
+                      announce_base_port=args.announce_base_port, processor_wait_s=args.processor_wait_s,
+                      max_lead_s=args.max_lead_s, output_rate=args.output_rate,
                       max_queued_bytes=args.max_queue_kb * 1024, hold_seconds=args.hold_seconds)
     return ServiceConfig(voice=voice, host=args.host, tcp_port=args.tcp_port, udp_port=args.udp_port,
                          device=args.device, engine=args.engine, model=args.model, model_config=args.model_config,
                          voices_dir=args.voices_dir, strict_voice=args.strict_voice, speed=speed,
-                         cache_mb=args.cache_mb, hub_download=args.hub_download, routing=routing)
+                         cache_mb=args.cache_mb, hub_download=args.hub_download, schedule=args.schedule,
+                         engine_workers=args.engine_workers,
+                         allow_from=tuple(net.strip() for net in args.allow_from.split(",") if net.strip()),
+                         routing=routing)
 
 
 def apply_db_changes(service: KokoroService, changes: dict[str, str]) -> None:

@@ -54,6 +54,13 @@ class Bye:
     pass
 
 
+def printable(text: str, limit: int = 80) -> str:
+    """A peer-supplied string fit for one log line: control and invisible characters escaped, length capped."""
+    shown = text if len(text) <= limit else text[:limit]
+    escaped = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in shown)
+    return escaped + ("…" if len(text) > limit else "")
+
+
 def recv_exact(sock: socket.socket, size: int) -> bytes:
     """Read exactly ``size`` bytes however TCP segments them; EOF on the first byte is a clean close."""
     buf = bytearray()
@@ -93,14 +100,28 @@ def read_hello(sock: socket.socket) -> str:
     return call_id
 
 
+def _skip_payload(sock: socket.socket, length: int) -> None:
+    left = length
+    while left:
+        left -= len(_read_payload(sock, min(left, 1 << 20), "skipped text"))
+
+
 def read_message(sock: socket.socket) -> Text | Bye:
-    """Read one text chunk or the BYE marker."""
+    """Read one text chunk or BYE: the 0xFFFFFFFF marker, or a chunk that is exactly ``BYE`` (as Piper read it).
+
+    An over-long chunk is read past and refused on its own, so the stream stays in step and
+    the connection, which LLaMA may write to again, stays open.
+    """
     length = _read_length(sock)
     if length == BYE_MARKER:
         return Bye()
     if length > MAX_TEXT_BYTES:
-        raise ProtocolError(f"text length {length} exceeds the {MAX_TEXT_BYTES}-byte limit")
+        _skip_payload(sock, length)
+        raise ProtocolError(f"text length {length} exceeds the {MAX_TEXT_BYTES}-byte limit; chunk skipped",
+                            fatal=False)
     raw = _read_payload(sock, length, "text")
+    if raw == b"BYE":
+        return Bye()
     try:
         return Text(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:

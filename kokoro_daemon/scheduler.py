@@ -1,121 +1,285 @@
-"""Who speaks next: per-call segment queues served round-robin in front of the one engine.
+"""Who speaks next: the segments waiting for the engine, per listener, and the order they go in.
 
-One worker thread takes one segment at a time, so a long reply on one call cannot starve
-another call's first words, and each call's frames leave in its own order. A call that is
-cancelled loses its queue at once; the engine only finishes the segment it is on.
+A listener is a phone call (priority 0) or an HTTP request (priority 1, served only when no
+call needs the engine). Each has at most one segment in an engine at a time, so its audio
+leaves in order; ``--engine-workers`` engines serve different listeners at once.
 
-While other calls are waiting, a call's turn takes its following queued segments along
-(up to MERGE_MAX_CHARS, never a reply's first segment): each model call pays for its own
-lead-in and trailing silence, so a busy engine speaks more per second in fewer, longer
-pieces, while an idle one keeps short pieces that reach the caller before the previous
-one has finished playing.
+``playout`` (the default) serves the listener whose caller runs out of audio soonest: a
+new reply's first segment counts as already out (so replies start in arrival order), a
+listener holding ``max_lead_s`` of audio waits, and a segment's size follows its deadline:
+the next sentence alone (or only its first clause) when the caller is about to run dry,
+following sentences joined into one model call when there is lead to spare (each model
+call pays for its own lead-in and trailing silence, so fewer calls speak more per second).
+``round-robin`` serves listeners in turn, one segment each, joining a listener's queued
+sentences while others wait; it is kept to compare against.
 """
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
+
 from . import metrics
-from .calls import Call
+from .protocol import printable
+from .segmenter import split_text
 from .synthesis import Synthesizer
 from .voices import Voice
 
 log = logging.getLogger(__name__)
 
+SCHEDULES = ("playout", "round-robin")
 MERGE_MAX_CHARS = 240
+SPLIT_MIN_CHARS = 60
+SAFETY_S = 0.3
+UNDERRUN_S = 0.25
+WARN_INTERVAL_S = 60.0
 
 
-@dataclass(frozen=True)
+@dataclass
 class Segment:
     text: str
+    reply: int = 0
     opens_reply: bool = False
+    ends_reply: bool = False
+    arrived_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass(eq=False)
+class _Work:
+    """One listener's waiting segments (owned by the scheduler) and whether one is in an engine."""
+    listener: object
+    segments: deque = field(default_factory=deque)
+    in_flight: bool = False
+
+    @property
+    def priority(self) -> int:
+        return self.listener.priority
+
+
+class SynthesisCost:
+    """Engine seconds a segment of n characters is expected to take, learnt from the segments spoken.
+
+    A model call costs a fixed part (its lead-in and tail) plus a part per character; the
+    fixed part is counted as OVERHEAD_CHARS characters.
+    """
+
+    OVERHEAD_CHARS = 20
+
+    def __init__(self, seconds_per_char: float = 0.02):
+        self.seconds_per_char = seconds_per_char
+        self._lock = threading.Lock()
+
+    def estimate(self, chars: int) -> float:
+        return (chars + self.OVERHEAD_CHARS) * self.seconds_per_char
+
+    def observe(self, chars: int, seconds: float) -> None:
+        with self._lock:
+            self.seconds_per_char += 0.2 * (seconds / (chars + self.OVERHEAD_CHARS) - self.seconds_per_char)
 
 
 class Scheduler:
-    def __init__(self, synthesizer: Synthesizer, current_voice: Callable[[], tuple[Voice, float]]):
+    def __init__(self, synthesizer: Synthesizer, current_voice: Callable[[], tuple[Voice, float]],
+                 schedule: str = "playout", max_lead_s: float = 6.0):
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, not {schedule!r}")
         self.synthesizer = synthesizer
         self.current_voice = current_voice
-        self._ready: deque[Call] = deque()
+        self.schedule = schedule
+        self.max_lead_s = max_lead_s
+        self.cost = SynthesisCost()
+        self._work: dict[int, _Work] = {}
+        self._turns: deque[_Work] = deque()  # round-robin order of listeners with waiting segments
         self._cond = threading.Condition()
         self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="scheduler", daemon=True)
+        self._underruns = 0
+        self._last_capacity_warning = 0.0
+        self._threads = [threading.Thread(target=self._run, args=(n,), name=f"engine-worker-{n}", daemon=True)
+                         for n in range(synthesizer.workers)]
 
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        self._thread.join(timeout=30)
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(timeout=30)
 
-    def submit(self, call: Call, segments: list[str], opens_reply: bool = False) -> None:
-        """Queue a call's segments; ``opens_reply`` when the first of them starts a reply (it is never merged)."""
-        if not segments:
+    # -- the listeners' side -----------------------------------------------------------
+    def submit(self, listener, texts: list[str], reply: int = 0, opens_reply: bool = True,
+               ends_reply: bool = False) -> None:
+        """Queue ``texts`` for ``listener``; ``opens_reply`` marks the first as a reply's start (never joined to
+        earlier text), ``ends_reply`` the last as its end (with no texts, the end of what was queued before)."""
+        if not texts and not ends_reply:
             return
+        now = time.monotonic()
+        segments = [Segment(text, reply, opens_reply and n == 0, False, now) for n, text in enumerate(texts)]
+        if ends_reply:
+            segments.append(Segment("", reply, False, True, now))
         with self._cond:
-            call.pending.extend(Segment(text, opens_reply and not n) for n, text in enumerate(segments))
-            if call not in self._ready and not call.in_flight:
-                self._ready.append(call)
+            work = self._work.get(id(listener))
+            if work is None:
+                work = self._work[id(listener)] = _Work(listener)
+            work.segments.extend(segments)
+            if work not in self._turns and not work.in_flight:
+                self._turns.append(work)
             self._cond.notify_all()
 
-    def cancel(self, call: Call) -> None:
+    def cancel(self, listener) -> int:
+        """Drop the listener's waiting segments; return how many went."""
         with self._cond:
-            dropped = len(call.pending)
-            call.pending.clear()
-            if call in self._ready:
-                self._ready.remove(call)
+            work = self._work.get(id(listener))
+            if work is None:
+                return 0
+            dropped = sum(1 for segment in work.segments if segment.text)
+            work.segments.clear()
+            self._forget(work)
             self._cond.notify_all()
         if dropped:
             metrics.SEGMENTS_CANCELLED.inc(dropped)
-            log.info("call %s: dropped %d queued segment(s)", call.call_id, dropped)
+        return dropped
 
-    def wait_drained(self, call: Call, timeout: float | None = None) -> bool:
-        """Block until every segment submitted for ``call`` has been delivered (or dropped)."""
+    def wait_drained(self, listener, timeout: float | None = None) -> bool:
+        """Block until every segment submitted for ``listener`` has been delivered (or dropped)."""
         with self._cond:
-            return self._cond.wait_for(lambda: not call.pending and not call.in_flight, timeout)
+            return self._cond.wait_for(lambda: id(listener) not in self._work, timeout)
 
-    def _take(self) -> tuple[Call, str] | None:
+    def pending_chars(self, listener) -> int:
         with self._cond:
-            self._cond.wait_for(lambda: self._ready or self._stopping)
-            if self._stopping:
-                return None
-            call = self._ready.popleft()
-            call.in_flight = True
-            return call, self._next_text(call)
+            work = self._work.get(id(listener))
+            return sum(len(segment.text) for segment in work.segments) if work else 0
 
-    def _next_text(self, call: Call) -> str:
-        """The call's next segment, joined by its following ones while other calls wait (see module doc)."""
-        head = call.pending.popleft()
-        if head.opens_reply or not self._ready:
-            return head.text
-        texts, size = [head.text], len(head.text)
-        while call.pending and not call.pending[0].opens_reply and size + 1 + len(call.pending[0].text) <= MERGE_MAX_CHARS:
-            texts.append(call.pending.popleft().text)
-            size += 1 + len(texts[-1])
-        return " ".join(texts)
+    def _forget(self, work: _Work) -> None:
+        """Lock held: a listener with nothing waiting or in flight is not tracked."""
+        if work in self._turns and not work.segments:
+            self._turns.remove(work)
+        if not work.segments and not work.in_flight:
+            self._work.pop(id(work.listener), None)
 
-    def _done(self, call: Call) -> None:
+    # -- choosing -----------------------------------------------------------------------
+    def _choose(self, now: float) -> tuple[_Work | None, float | None]:
+        """Lock held: the work to serve next, or None and when to look again (None: when something changes)."""
+        candidates = [work for work in self._turns if not work.in_flight and work.segments]
+        if self.schedule == "round-robin":
+            ordered = sorted(candidates, key=lambda w: w.priority)  # stable: turn order within a priority
+            return (ordered[0] if ordered else None), None
+        best, best_key, wake_at = None, None, None
+        for work in candidates:
+            head = work.segments[0]
+            if head.opens_reply or not head.text:
+                deadline = head.arrived_at
+            else:
+                deadline = work.listener.dry_at()
+                if deadline - now >= self.max_lead_s:
+                    wake = deadline - self.max_lead_s
+                    wake_at = wake if wake_at is None else min(wake_at, wake)
+                    continue
+            key = (work.priority, deadline)
+            if best_key is None or key < best_key:
+                best, best_key = work, key
+        head = best.segments[0] if best is not None else None
+        if head is not None and best.priority == 0 and head.text and not head.opens_reply \
+                and best_key[1] < now - UNDERRUN_S:
+            self._underrun(now, len(candidates))
+        return best, wake_at
+
+    def _underrun(self, now: float, waiting: int) -> None:
+        """A caller ran out of audio mid-reply while the engine was busy elsewhere: warn once a minute."""
+        self._underruns += 1
+        metrics.UNDERRUNS.inc()
+        if now - self._last_capacity_warning >= WARN_INTERVAL_S:
+            self._last_capacity_warning = now
+            log.warning("over capacity: %d listener(s) waiting for %d engine worker(s); callers ran out of audio "
+                        "mid-reply %d time(s) since the last warning", waiting, len(self._threads), self._underruns)
+            self._underruns = 0
+
+    def _next_segment(self, work: _Work, now: float) -> Segment:
+        """Lock held: the work's next segment, joined with or cut to fit the time its caller has left."""
+        head = work.segments.popleft()
+        if not head.text or head.opens_reply:
+            return head
+        if self.schedule == "round-robin":
+            joinable = any(other is not work and other.segments for other in self._turns)
+            budget = float("inf") if joinable else 0.0
+        else:
+            budget = work.listener.dry_at() - now - SAFETY_S
+        if self.schedule == "playout" and budget < self.cost.estimate(len(head.text)) \
+                and len(head.text) >= SPLIT_MIN_CHARS:
+            pieces = split_text(head.text)
+            if len(pieces) > 1:
+                rest = " ".join(pieces[1:])
+                work.segments.appendleft(Segment(rest, head.reply, False, head.ends_reply, head.arrived_at))
+                return Segment(pieces[0], head.reply, False, False, head.arrived_at)
+        texts, ends_reply = [head.text], head.ends_reply
+        while work.segments and not ends_reply and not work.segments[0].opens_reply:
+            following = work.segments[0]
+            if not following.text:
+                ends_reply = work.segments.popleft().ends_reply
+                continue
+            size = sum(len(t) + 1 for t in texts) + len(following.text)
+            if size > MERGE_MAX_CHARS or self.cost.estimate(size) > budget:
+                break
+            texts.append(work.segments.popleft().text)
+            ends_reply = following.ends_reply
+        return Segment(" ".join(texts), head.reply, False, ends_reply, head.arrived_at)
+
+    def _take(self) -> tuple[_Work, Segment] | None:
         with self._cond:
-            call.in_flight = False
-            if call.pending and call not in self._ready:
-                self._ready.append(call)
+            while not self._stopping:
+                now = time.monotonic()
+                work, wake_at = self._choose(now)
+                if work is not None:
+                    work.in_flight = True
+                    self._turns.remove(work)
+                    return work, self._next_segment(work, now)
+                self._cond.wait(None if wake_at is None else max(0.0, wake_at - now))
+            return None
+
+    def _done(self, work: _Work) -> None:
+        with self._cond:
+            work.in_flight = False
+            if work.segments:
+                self._turns.append(work)
+            else:
+                self._forget(work)
             self._cond.notify_all()
 
-    def _run(self) -> None:
-        while (work := self._take()) is not None:
-            call, text = work
+    # -- speaking -------------------------------------------------------------------------
+    def _run(self, worker: int) -> None:
+        while (taken := self._take()) is not None:
+            work, segment = taken
             try:
-                if not call.ended.is_set():
-                    voice, speed = self.current_voice()
-                    audio = self.synthesizer.speak(text, voice, speed)
-                    if not call.ended.is_set():
-                        call.deliver(audio, self.synthesizer.engine.sample_rate)
+                self._speak(work.listener, segment, worker)
             except Exception:
                 metrics.SEGMENTS_FAILED.inc()
-                log.exception("call %s: could not speak segment %r", call.call_id, text[:80])
+                log.exception("%s: could not speak segment %s", printable(work.listener.call_id),
+                              printable(segment.text))
             finally:
-                self._done(call)
+                self._done(work)
+
+    def _speak(self, listener, segment: Segment, worker: int) -> None:
+        rate = self.synthesizer.engine.sample_rate
+        audio = np.zeros(0, dtype=np.float32)
+        if segment.text:
+            if listener.ended.is_set():
+                metrics.SEGMENTS_CANCELLED.inc()
+                return
+            voice, speed = listener.voice or self.current_voice()
+            started = time.monotonic()
+            audio, synthesized = self.synthesizer.speak(segment.text, voice, speed, worker)
+            if synthesized:
+                self.cost.observe(len(segment.text), time.monotonic() - started)
+            if audio.size == 0:
+                metrics.SEGMENTS_SILENT.inc()
+                log.warning("%s: segment %s has nothing speakable; skipped", printable(listener.call_id),
+                            printable(segment.text))
+        if audio.size or segment.ends_reply:
+            listener.deliver(audio, rate, reply=segment.reply, ends_reply=segment.ends_reply)

@@ -68,6 +68,11 @@ class SentenceSegmenter:
         return segments
 
     @property
+    def buffered_chars(self) -> int:
+        """Characters received but not yet returned as segments."""
+        return len(self._buf)
+
+    @property
     def pending(self) -> bool:
         """True when text is buffered that finish() would return."""
         return _SPEAKABLE.search(self._buf) is not None

@@ -1,12 +1,16 @@
-"""The daemon: a thread per LLaMA connection on TCP, a registration thread on UDP, one engine.
+"""The daemon: a thread per LLaMA connection on TCP, a registration thread on UDP, shared engines.
 
 Data path: LLaMA socket -> LlamaHandler (exact-length reads, streaming segmenter) ->
-CallRegistry -> Scheduler (round-robin, one segment at a time) -> Synthesizer (engine
-lock) -> Call.deliver (chunk ids) -> bounded writer -> reply socket or processor link.
+CallRegistry -> Scheduler (who speaks next) -> Synthesizer (an engine per worker, each
+behind its lock) -> Call.deliver -> FrameQueue -> the call's writer -> processor link or
+reply socket.
 """
 from __future__ import annotations
 
+import errno
+import ipaddress
 import logging
+import resource
 import select
 import socket
 import socketserver
@@ -16,14 +20,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from . import metrics
-from .calls import CallRegistry, Routing
+from .calls import Call, CallRegistry, Routing
 from .engines import Engine, create_engine
 from .g2p import G2PRegistry
-from .outputs import ReplyWriter
-from .protocol import BYE_BYTES, Bye, PeerClosed, ProtocolError, parse_datagram, read_hello, read_message
+from .protocol import Bye, PeerClosed, ProtocolError, parse_datagram, printable, read_hello, read_message
 from .scheduler import Scheduler
 from .segmenter import SentenceSegmenter
 from .synthesis import AudioCache, Synthesizer
+from .telemetry import Telemetry
+from .transports import ReplyTransport
 from .voices import Voice, VoiceLibrary
 
 log = logging.getLogger(__name__)
@@ -31,6 +36,10 @@ log = logging.getLogger(__name__)
 # "Thank you for calling, how can I help you?" in Kokoro phonemes: warms the engine while the
 # phonemizer is still loading, and is valid for every voice's language.
 WARMUP_PHONEMES = "θˈæŋk ju fɔɹ kˈɔlɪŋ, hˌW kæn ˌI hˈɛlp ju?"
+MAX_QUEUED_CHARS = 64 * 1024
+ACCEPT_RETRY_S = 0.1
+WARN_INTERVAL_S = 10.0
+LOOPBACK = ("127.0.0.0/8", "::1/128")
 
 
 @dataclass
@@ -48,7 +57,12 @@ class ServiceConfig:
     speed: float = 1.0
     cache_mb: float = 64.0
     idle_flush_s: float = 0.25
+    hello_timeout_s: float = 30.0
     hub_download: bool = False
+    schedule: str = "playout"
+    engine_workers: int = 1
+    engine_threads: int | None = None
+    allow_from: tuple[str, ...] = LOOPBACK
     routing: Routing = field(default_factory=Routing)
 
 
@@ -75,33 +89,74 @@ def check_speed(speed: float) -> float:
     return speed
 
 
+def raise_open_file_limit() -> int:
+    """Raise the soft limit on open files to the hard one: every call ever made keeps a LLaMA connection."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        log.info("open-file limit raised from %d to %d", soft, hard)
+        return hard
+    return soft
+
+
 class ReplyText:
-    """A connection's text on its way to the scheduler: split into segments, the first of each reply marked."""
+    """A connection's text on its way to the scheduler: split into segments, numbered by reply.
+
+    A reply ends when its text is all segmented (a whole reply sent as one chunk), on BYE,
+    or after ``idle_flush_s`` without more text; the next chunk opens a new reply, which
+    gets a short first clause of its own and is never joined to earlier text.
+    """
 
     def __init__(self, scheduler: Scheduler):
         self.scheduler = scheduler
         self.segmenter = SentenceSegmenter()
-        self.opens_reply = True
+        self.reply: int | None = None
+        self._opens = False
 
     @property
     def pending(self) -> bool:
         return self.segmenter.pending
 
-    def add(self, call, text: str) -> None:
+    def add(self, call: Call, text: str) -> None:
+        queued = self.scheduler.pending_chars(call) + self.segmenter.buffered_chars
+        if queued + len(text) > MAX_QUEUED_CHARS:
+            metrics.TEXT_DROPPED.labels("queue_full").inc(len(text))
+            log.error("call %s: text chunk of %d characters refused: %d characters are already waiting to be "
+                      "spoken (limit %d)", call.label, len(text), queued, MAX_QUEUED_CHARS)
+            return
+        if self.reply is None:
+            self.reply, self._opens = call.begin_reply(), True
         self._submit(call, self.segmenter.add_chunk(text))
+        if not self.segmenter.pending:
+            self.flush(call)
 
-    def flush(self, call) -> None:
-        """The reply is complete (BYE, idle, or the connection ends): queue what is buffered."""
-        self._submit(call, self.segmenter.finish())
-        self.opens_reply = True
+    def flush(self, call: Call) -> None:
+        """The reply is complete: queue what is buffered and mark its end."""
+        segments = self.segmenter.finish()
+        if self.reply is not None:
+            self.scheduler.submit(call, segments, self.reply, opens_reply=self._opens, ends_reply=True)
+        self.reply = None
 
-    def _submit(self, call, segments: list[str]) -> None:
-        self.scheduler.submit(call, segments, self.opens_reply)
-        self.opens_reply = self.opens_reply and not segments
+    def drop(self, call: Call, reason: str) -> None:
+        """The call is gone: what is buffered will never be spoken; count and say so."""
+        left = " ".join(self.segmenter.finish())
+        self.reply = None
+        if left:
+            metrics.TEXT_DROPPED.labels(reason).inc(len(left))
+            log.warning("call %s: %d character(s) of text not spoken (%s)", call.label, len(left), reason.replace("_", " "))
+
+    def _submit(self, call: Call, segments: list[str]) -> None:
+        if segments:
+            self.scheduler.submit(call, segments, self.reply, opens_reply=self._opens)
+            self._opens = False
 
 
 class LlamaHandler(socketserver.BaseRequestHandler):
-    """One LLaMA connection: HELLO, then text chunks, then (perhaps never) BYE."""
+    """One LLaMA connection: HELLO, then text chunks, then (perhaps never) BYE.
+
+    The real LLaMA client keeps this connection for ever and dies of SIGPIPE if it is closed
+    under it, so the service closes it only after a BYE or a broken HELLO.
+    """
 
     server: "_TCPServer"
 
@@ -116,108 +171,132 @@ class LlamaHandler(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         service = self.server.service
         sock, peer = self.request, "%s:%s" % self.client_address[:2]
+        sock.settimeout(service.config.hello_timeout_s)
         try:
             call_id = read_hello(sock)
+        except socket.timeout:
+            metrics.PROTOCOL_ERRORS.labels("hello_timeout").inc()
+            log.warning("connection from %s closed: no HELLO within %g s", peer, service.config.hello_timeout_s)
+            return
         except (PeerClosed, OSError):
             return
         except ProtocolError as exc:
             metrics.PROTOCOL_ERRORS.labels("hello").inc()
             log.error("connection from %s refused: %s", peer, exc)
             return
-        writer = ReplyWriter(sock, f"reply-{call_id}", service.config.routing.max_queued_bytes)
-        call = service.registry.open(call_id, writer)
+        sock.settimeout(None)
+        transport = ReplyTransport(sock, f"call {printable(call_id)} LLaMA connection {peer}")
+        call = service.registry.open(call_id, transport)
+        log.info("call %s: LLaMA connected from %s", call.label, peer)
         text = ReplyText(service.scheduler)
-        poller = select.poll()
-        poller.register(sock, select.POLLIN)
-        log.info("call %s: LLaMA connected from %s", call_id, peer)
-        cancel, said_bye = True, False
         try:
-            while True:
-                if text.pending and not poller.poll(service.config.idle_flush_s * 1000):
-                    text.flush(call)
-                    continue
-                try:
-                    message = read_message(sock)
-                except ProtocolError as exc:
-                    if exc.fatal:
-                        raise
-                    metrics.PROTOCOL_ERRORS.labels("text").inc()
-                    log.error("call %s: %s", call_id, exc)
-                    continue
-                if isinstance(message, Bye):
-                    break
-                if call.ended.is_set():
-                    call = service.registry.open(call_id, writer)
-                text.add(call, message.text)
-            cancel, said_bye = False, True
-            log.info("call %s: BYE; finishing its audio", call_id)
+            self._read_replies(sock, call_id, transport, call, text)
         except PeerClosed as exc:
+            call = self.call
             if exc.mid_message:
                 metrics.PROTOCOL_ERRORS.labels("truncated").inc()
-                log.warning("call %s: %s", call_id, exc)
+                log.warning("call %s: %s", call.label, exc)
             else:
-                log.info("call %s: LLaMA connection closed", call_id)
-        except ProtocolError as exc:
-            cancel = False
-            metrics.PROTOCOL_ERRORS.labels("framing").inc()
-            log.error("call %s: closing the connection from %s: %s", call_id, peer, exc)
+                log.info("call %s: LLaMA connection closed", call.label)
         except OSError as exc:
-            log.info("call %s: LLaMA connection lost: %s", call_id, exc)
-        if call.reply is not writer:
-            text.flush(call)
-            return
-        if cancel:
-            service.registry.disconnect(call, writer, cancel=True)
-            writer.close(discard_pending=True)
+            call = self.call
+            log.info("call %s: LLaMA connection lost: %s", call.label, exc)
         else:
-            self._deliver_accepted(call, writer, text, final=BYE_BYTES if said_bye else None)
+            self._finish_after_bye(self.call, transport, text)
+            return
+        if call.ended.is_set():
+            text.drop(call, "call_ended")
+            return
+        text.flush(call)
+        service.registry.disconnect(call, transport)
 
-    def _deliver_accepted(self, call, writer: ReplyWriter, text: ReplyText, final: bytes | None) -> None:
-        """Speak everything accepted on this connection, then send ``final`` (BYE back, as the Piper service did).
-
-        The call is let go before ``final`` goes out, so a client that reconnects with the same
-        call_id the moment it reads BYE starts a new call.
-        """
+    def _read_replies(self, sock, call_id: str, transport: ReplyTransport, call: Call, text: ReplyText) -> None:
+        """Read text until BYE (returns) or the connection ends (raises); ``self.call`` is the current call."""
         service = self.server.service
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        self.call = call
+        while True:
+            if text.pending and not poller.poll(service.config.idle_flush_s * 1000):
+                text.flush(self.call)
+                continue
+            try:
+                message = read_message(sock)
+            except ProtocolError as exc:
+                metrics.PROTOCOL_ERRORS.labels("text").inc()
+                log.error("call %s: %s", self.call.label, exc)
+                continue
+            if isinstance(message, Bye):
+                return
+            if self.call.ended.is_set():
+                text.drop(self.call, "call_ended")
+                self.call = service.registry.open(call_id, transport, previous=self.call)
+                log.info("call %s: a new call on the same LLaMA connection", self.call.label)
+            text.add(self.call, message.text)
+
+    def _finish_after_bye(self, call: Call, transport: ReplyTransport, text: ReplyText) -> None:
+        """Speak everything accepted, then send BYE back (as the Piper service did) and end the call."""
+        service = self.server.service
+        log.info("call %s: BYE; finishing its audio", call.label)
         text.flush(call)
         service.scheduler.wait_drained(call)
-        service.registry.disconnect(call, writer, cancel=False)
-        writer.close(final=final)
-        writer.wait_closed()
+        call.wait_sent()
+        call.send_bye_back(transport)
+        if call.detach_reply(transport):
+            service.registry.end(call, "BYE from LLaMA")
 
 
 class RegistrationHandler(socketserver.BaseRequestHandler):
-    """``REGISTER:<id>`` and ``BYE:<id>`` from the outbound audio processors."""
+    """``REGISTER:<id>`` and ``BYE:<id>`` from the outbound audio processors, from allowed addresses only."""
 
     server: "_UDPServer"
 
     def handle(self) -> None:
         data = self.request[0]
-        registry = self.server.service.registry
+        service = self.server.service
+        host = self.client_address[0]
+        if not service.allowed(host):
+            metrics.PROTOCOL_ERRORS.labels("datagram_refused").inc()
+            service.warn_every(WARN_INTERVAL_S, "datagram-refused",
+                               "ignored datagram from %s, which --allow-from does not list", host)
+            return
         try:
             command, call_id = parse_datagram(data)
         except ValueError as exc:
             metrics.PROTOCOL_ERRORS.labels("datagram").inc()
-            log.warning("ignored datagram from %s:%s: %s", *self.client_address[:2], exc)
+            service.warn_every(1.0, "datagram-bad", "ignored datagram from %s:%s: %s", host, self.client_address[1],
+                               exc)
             return
         if command == "REGISTER":
-            registry.register(call_id)
-        elif not registry.end(call_id):
-            log.info("BYE for unknown call %s ignored", call_id)
+            service.registry.register(call_id)
+        elif not service.registry.end_by_id(call_id):
+            log.info("BYE for unknown call %s ignored", printable(call_id))
 
 
 class _TCPServer(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     daemon_threads = True
-    request_queue_size = 1024
+    request_queue_size = 4096
 
     def __init__(self, address, service: "KokoroService"):
         self.service = service
         super().__init__(address, LlamaHandler)
 
+    def get_request(self):
+        """Out of file descriptors: leave the connection waiting in the backlog, say so now and then, retry."""
+        try:
+            return super().get_request()
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                metrics.ACCEPT_ERRORS.labels(errno.errorcode[exc.errno]).inc()
+                self.service.warn_every(WARN_INTERVAL_S, "accept", "cannot accept LLaMA connections: %s; they wait "
+                                        "in the backlog until descriptors free up", exc, level=logging.ERROR)
+                time.sleep(ACCEPT_RETRY_S)
+            raise
+
 
 class _UDPServer(socketserver.UDPServer):
-    allow_reuse_address = True
+    allow_reuse_address = False  # a second process must not be able to take REGISTER/BYE away
 
     def __init__(self, address, service: "KokoroService"):
         self.service = service
@@ -233,22 +312,39 @@ class KokoroService:
         self.engine = engine
         self.voices = VoiceLibrary(config.voices_dir, hub_download=config.hub_download)
         self.g2p = g2p or G2PRegistry()
+        self.telemetry = Telemetry(config.engine_workers)
         self.voice_setting: VoiceSetting | None = None
         self.synthesizer: Synthesizer | None = None
         self.scheduler: Scheduler | None = None
         self.registry: CallRegistry | None = None
-        self._tcp: _TCPServer | None = None
-        self._udp: _UDPServer | None = None
-        self._threads: list[threading.Thread] = []
+        self.started_at: float | None = None
+        self._allowed = [ipaddress.ip_network(net, strict=False) for net in config.allow_from]
+        self._servers: list[socketserver.BaseServer] = []
+        self._serving: list[socketserver.BaseServer] = []
+        self._last_warning: dict[str, float] = {}
         self.stopped = threading.Event()
 
     @property
     def tcp_address(self) -> tuple[str, int]:
-        return self._tcp.server_address[:2]
+        return self._servers[0].server_address[:2]
 
     @property
     def udp_address(self) -> tuple[str, int]:
-        return self._udp.server_address[:2]
+        return self._servers[1].server_address[:2]
+
+    def allowed(self, host: str) -> bool:
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(address in net for net in self._allowed)
+
+    def warn_every(self, interval_s: float, key: str, message: str, *args, level: int = logging.WARNING) -> None:
+        """Log ``message`` at most once per ``interval_s`` for ``key``: a flood must not flood the log."""
+        now = time.monotonic()
+        if now - self._last_warning.get(key, -interval_s) >= interval_s:
+            self._last_warning[key] = now
+            log.log(level, message, *args)
 
     def load_voice(self, spec: str) -> Voice:
         """A voice for run-time use: a missing or malformed one raises VoiceError."""
@@ -268,41 +364,56 @@ class KokoroService:
         started = time.monotonic()
         cfg = self.config
         check_speed(cfg.speed)
+        files = raise_open_file_limit()
         voice = self.voices.load(cfg.voice) if cfg.strict_voice else self.voices.load_or_fallback(cfg.voice)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-load") as pool:
-            engine_ready = pool.submit(self._load_engine, voice)
+            engines_ready = pool.submit(self._load_engines, voice)
             phonemizer = self.g2p.get(voice.lang)
-            engine_ready.result()
+            engines = engines_ready.result()
         self.voice_setting = VoiceSetting(voice, cfg.speed)
-        self.synthesizer = Synthesizer(self.engine, self.g2p, AudioCache(int(cfg.cache_mb * 1024 * 1024)))
-        self.scheduler = Scheduler(self.synthesizer, self.voice_setting.get)
-        self.registry = CallRegistry(cfg.routing, self.scheduler)
-        self._tcp = _TCPServer((cfg.host, cfg.tcp_port), self)
-        self._udp = _UDPServer((cfg.host, cfg.udp_port), self)
+        self.synthesizer = Synthesizer(engines, self.g2p, AudioCache(int(cfg.cache_mb * 1024 * 1024)), self.telemetry)
+        self.scheduler = Scheduler(self.synthesizer, self.voice_setting.get, cfg.schedule, cfg.routing.max_lead_s)
+        self.registry = CallRegistry(cfg.routing, self.scheduler, self.telemetry)
+        self._servers = [_TCPServer((cfg.host, cfg.tcp_port), self)]
+        try:
+            self._servers.append(_UDPServer((cfg.host, cfg.udp_port), self))
+        except OSError as exc:
+            raise OSError(exc.errno, f"UDP port {cfg.host}:{cfg.udp_port} for REGISTER/BYE is not free ({exc.strerror}); "
+                                     "is another service running?") from None
         self.scheduler.start()
-        for name, server in (("tcp", self._tcp), ("udp", self._udp)):
-            thread = threading.Thread(target=server.serve_forever, name=f"{name}-listener", daemon=True)
-            thread.start()
-            self._threads.append(thread)
-        log.info("ready in %.1f s: LLaMA TCP %s:%d, registration UDP %s:%d; engine %s on %s; voice %s (%s phonemes); "
-                 "audio %d Hz, routing %s", time.monotonic() - started, *self.tcp_address, *self.udp_address,
-                 self.engine.name, self.engine.device, voice.spec, phonemizer.backend,
-                 cfg.routing.output_rate, cfg.routing.mode)
+        for name, server in zip(("tcp", "udp"), self._servers):
+            threading.Thread(target=server.serve_forever, name=f"{name}-listener", daemon=True).start()
+            self._serving.append(server)
+        self.started_at = time.time()
+        metrics.SERVICES.add(self)
+        r = cfg.routing
+        log.info("ready in %.1f s: LLaMA TCP %s:%d, registration UDP %s:%d (from %s); engine %s on %s, %d worker(s), "
+                 "%s schedule; voice %s (%s phonemes); audio %d Hz, routing %s, processor link %s (ports %d+N, "
+                 "announce %d+N); %d open files allowed", time.monotonic() - started, *self.tcp_address,
+                 *self.udp_address, ", ".join(cfg.allow_from), self.engine.name, self.engine.device, len(engines),
+                 cfg.schedule, voice.spec, phonemizer.backend, r.output_rate, r.mode, r.link, r.processor_base_port,
+                 r.announce_base_port, files)
 
-    def _load_engine(self, voice: Voice) -> None:
-        """Load the model and run its first (slow) inference, while the phonemizer loads alongside."""
+    def _load_engines(self, voice: Voice) -> list[Engine]:
+        """Load the model(s) and run each one's first (slow) inference, while the phonemizer loads alongside."""
+        cfg = self.config
         if self.engine is None:
-            cfg = self.config
-            self.engine = create_engine(cfg.engine, cfg.device, cfg.model, cfg.model_config)
-        self.engine.synthesize(WARMUP_PHONEMES, voice.pack, self.config.speed)
+            self.engine = create_engine(cfg.engine, cfg.device, cfg.model, cfg.model_config, cfg.engine_threads)
+        engines = [self.engine] + [create_engine(self.engine.name, cfg.device, cfg.model, cfg.model_config,
+                                                 cfg.engine_threads) for _ in range(cfg.engine_workers - 1)]
+        for engine in engines:
+            engine.synthesize(WARMUP_PHONEMES, voice.pack, cfg.speed)
+        return engines
 
     def stop(self) -> None:
+        """Stop serving and end every call; safe after a start that failed part-way."""
         if self.stopped.is_set():
             return
-        for server in (self._tcp, self._udp):
-            if server is not None:
-                server.shutdown()
-                server.server_close()
+        for server in self._serving:
+            server.shutdown()
+        for server in self._servers:
+            server.server_close()
+        metrics.SERVICES.discard(self)
         if self.registry is not None:
             self.registry.shutdown()
         if self.scheduler is not None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 
 import numpy as np
@@ -65,27 +66,39 @@ class AudioCache:
 
 
 class Synthesizer:
-    """Speaks one segment at a time; the engine lock is held for one model call, never across I/O."""
+    """Speaks segments on one or more engines (one per worker), each behind its own lock, never held across I/O."""
 
-    def __init__(self, engine: Engine, g2p: G2PRegistry, cache: AudioCache):
-        self.engine = engine
+    def __init__(self, engines: list[Engine], g2p: G2PRegistry, cache: AudioCache, telemetry=None):
+        self.engines = engines
+        self.engine = engines[0]
         self.g2p = g2p
         self.cache = cache
-        self.engine_lock = threading.Lock()
+        self.telemetry = telemetry
+        self._locks = [threading.Lock() for _ in engines]
+
+    @property
+    def workers(self) -> int:
+        return len(self.engines)
 
     def phonemize(self, text: str, voice: Voice) -> str:
         return self.g2p.get(voice.lang)(text)
 
-    def speak(self, text: str, voice: Voice, speed: float) -> np.ndarray:
+    def speak(self, text: str, voice: Voice, speed: float, worker: int = 0) -> tuple[np.ndarray, bool]:
+        """The segment's audio, and whether an engine made it (False: from the cache)."""
         key = (voice.spec, round(speed, 3), text)
         audio = self.cache.get(key)
         if audio is not None:
             metrics.CACHE_HITS.inc()
-            return audio
+            return audio, False
         phonemes = self.phonemize(text, voice)
-        with self.engine_lock:
-            audio = self.engine.synthesize(phonemes, voice.pack, speed)
+        with self._locks[worker]:
+            started = time.monotonic()
+            audio = self.engines[worker].synthesize(phonemes, voice.pack, speed)
+            busy = time.monotonic() - started
+        metrics.ENGINE_BUSY.inc(busy)
+        if self.telemetry is not None:
+            self.telemetry.record_engine_busy(busy)
         audio = trim_silence(audio, self.engine.sample_rate)
         metrics.SEGMENTS_SYNTHESIZED.inc()
         self.cache.put(key, audio)
-        return audio
+        return audio, True

@@ -1,7 +1,12 @@
-"""Who speaks next: round-robin order, cancellation, and the segment cache."""
+"""Who speaks next: round-robin and playout-aware order, joining and cutting segments, priorities,
+cancellation, and the segment cache.
+
+The order tests use a deterministic stand-in engine whose every call waits for the test's go, so
+that which segment went first is decided by the scheduler alone and not by how long the real model
+took; the tests at the end use the real model behind a real service.
+"""
 from __future__ import annotations
 
-import socket
 import string
 import threading
 import time
@@ -10,31 +15,43 @@ import numpy as np
 import pytest
 
 from kokoro_daemon import metrics
-from kokoro_daemon.calls import Call, Routing
 from kokoro_daemon.engines import Engine
-from kokoro_daemon.outputs import ReplyWriter
-from kokoro_daemon.scheduler import Scheduler
+from kokoro_daemon.scheduler import SCHEDULES, Scheduler, SynthesisCost
 from kokoro_daemon.synthesis import AudioCache, Synthesizer
 from kokoro_daemon.voices import Voice
-from peers import LlamaClient, recv_exact, send_datagram
+from peers import LlamaClient, send_datagram
 
 STUB_VOICE = Voice("stub", np.ones((510, 1, 256), dtype=np.float32), "a")
 
 
 class RecordingEngine(Engine):
-    """Deterministic stand-in where only the order of work matters: each call returns its text's length in samples."""
+    """Each call waits for a go (``step``), records its text and returns its length in samples."""
 
     name = "recording"
+    sample_rate = 24000
 
     def __init__(self):
-        super().__init__({ch: i for i, ch in enumerate(string.ascii_letters + string.digits + " ", start=1)})
+        super().__init__({ch: i for i, ch in enumerate(string.ascii_letters + string.digits + " ,.?", start=1)})
         self.order: list[str] = []
-        self.release = threading.Event()
+        self.started = threading.Semaphore(0)
+        self.go = threading.Semaphore(0)
+        self.free_run = threading.Event()
 
     def _infer(self, phonemes, pack, speed):
-        self.release.wait(10)
+        self.started.release()
+        if not self.free_run.is_set():
+            assert self.go.acquire(timeout=10), "the test never let this segment through"
         self.order.append(phonemes)
-        return np.full(len(phonemes), 0.5, dtype=np.float32)
+        return np.full(len(phonemes) * 2400, 0.5, dtype=np.float32)  # 0.1 s of audio per character
+
+    def wait_started(self) -> None:
+        """Until a segment is in the engine (held there until ``release``)."""
+        assert self.started.acquire(timeout=10), "no segment reached the engine"
+
+    def release(self) -> None:
+        """Let every segment through from now on."""
+        self.free_run.set()
+        self.go.release(1000)
 
 
 class LiteralG2P:
@@ -42,87 +59,208 @@ class LiteralG2P:
         return lambda text: text
 
 
+class Listener:
+    """A listener whose caller's buffer runs dry at ``dry``; records what it was given."""
+
+    voice = None
+
+    def __init__(self, call_id: str, dry_in: float = 0.0, priority: int = 0):
+        self.call_id = call_id
+        self.priority = priority
+        self.ended = threading.Event()
+        self.dry = time.monotonic() + dry_in
+        self.received: list[tuple[int, int, bool]] = []   # (samples, reply, ends_reply)
+
+    def dry_at(self) -> float:
+        return self.dry
+
+    def deliver(self, audio, sample_rate, reply=0, ends_reply=False):
+        self.received.append((audio.size, reply, ends_reply))
+        self.dry = max(self.dry, time.monotonic()) + audio.size / sample_rate
+
+
+BOTH = pytest.mark.parametrize("stub", SCHEDULES, indirect=True)
+ROUND_ROBIN = pytest.mark.parametrize("stub", ["round-robin"], indirect=True)
+
+
 @pytest.fixture
-def stub():
-    """A running scheduler in front of the recording engine: (engine, scheduler)."""
+def stub(request):
+    """A running scheduler (playout, unless parametrized) in front of the recording engine: (engine, scheduler)."""
     engine = RecordingEngine()
-    scheduler = Scheduler(Synthesizer(engine, LiteralG2P(), AudioCache(0)), lambda: (STUB_VOICE, 1.0))
+    scheduler = Scheduler(Synthesizer([engine], LiteralG2P(), AudioCache(0)), lambda: (STUB_VOICE, 1.0),
+                          schedule=getattr(request, "param", "playout"))
     scheduler.start()
     yield engine, scheduler
+    engine.release()
     scheduler.stop()
 
 
-def connected_call(call_id: str) -> tuple[Call, socket.socket]:
-    ours, theirs = socket.socketpair()
-    call = Call(call_id, Routing())
-    call.attach_reply(ReplyWriter(ours, f"reply-{call_id}", 1 << 20))
-    theirs.settimeout(10)
-    return call, theirs
+def drained(scheduler, *listeners) -> None:
+    for listener in listeners:
+        assert scheduler.wait_drained(listener, 10)
 
 
-def read_ids(sock: socket.socket, count: int) -> list[int]:
-    ids = []
-    for _ in range(count):
-        size, _, chunk_id = np.frombuffer(recv_exact(sock, 12), dtype=">u4")
-        recv_exact(sock, int(size))
-        ids.append(int(chunk_id))
-    return ids
-
-
+@ROUND_ROBIN
 def test_round_robin_by_segment(stub):
     engine, scheduler = stub
-    (a, a_peer), (b, b_peer), (c, c_peer) = (connected_call(x) for x in "ABC")
-    scheduler.submit(a, ["aOne", "aTwo"], opens_reply=True)
-    time.sleep(0.1)  # aOne is now in the engine
-    scheduler.submit(b, ["bOne", "bTwo"], opens_reply=True)
-    scheduler.submit(c, ["cOne"], opens_reply=True)
-    scheduler.submit(c, ["cTwo"], opens_reply=True)
-    engine.release.set()
-    for call in (a, b, c):
-        assert scheduler.wait_drained(call, 10)
+    a, b, c = Listener("A"), Listener("B"), Listener("C")
+    scheduler.submit(a, ["aOne", "aTwo"])
+    engine.wait_started()  # aOne is in the engine
+    scheduler.submit(b, ["bOne", "bTwo"])
+    scheduler.submit(c, ["cOne"])
+    scheduler.submit(c, ["cTwo"])
+    engine.release()
+    for listener in (a, b, c):
+        assert scheduler.wait_drained(listener, 10)
     assert engine.order == ["aOne", "bOne", "cOne", "aTwo", "bTwo", "cTwo"]
-    assert read_ids(a_peer, 2) == [1, 2]
-    assert read_ids(b_peer, 2) == [1, 2]
-    assert read_ids(c_peer, 2) == [1, 2]
 
 
-def test_a_busy_engine_joins_a_calls_continuations_but_never_a_replys_first_segment(stub):
+@ROUND_ROBIN
+def test_round_robin_joins_a_calls_continuations_while_others_wait_never_a_first_segment(stub):
     engine, scheduler = stub
-    (a, a_peer), (b, b_peer) = connected_call("A"), connected_call("B")
-    scheduler.submit(a, ["aOne", "aTwo", "aThree"], opens_reply=True)
-    scheduler.submit(a, ["aNext", "aLast"], opens_reply=True)
-    time.sleep(0.1)  # aOne is now in the engine
-    scheduler.submit(b, ["bOne", "bTwo", "bThree"], opens_reply=True)
-    engine.release.set()
+    a, b = Listener("A"), Listener("B")
+    scheduler.submit(a, ["aOne", "aTwo", "aThree"])
+    scheduler.submit(a, ["aNext", "aLast"])
+    engine.wait_started()  # aOne is in the engine
+    scheduler.submit(b, ["bOne", "bTwo", "bThree"])
+    engine.release()
     assert scheduler.wait_drained(a, 10) and scheduler.wait_drained(b, 10)
     assert engine.order == ["aOne", "bOne", "aTwo aThree", "bTwo bThree", "aNext", "aLast"]
-    assert read_ids(a_peer, 4) == [1, 2, 3, 4]
-    assert read_ids(b_peer, 2) == [1, 2]
 
 
-def test_an_idle_engine_keeps_segments_apart(stub):
+def test_a_new_reply_goes_before_a_call_that_still_has_audio_to_play(stub):
     engine, scheduler = stub
-    engine.release.set()
-    call, peer = connected_call("A")
-    scheduler.submit(call, ["aOne", "aTwo", "aThree"], opens_reply=True)
-    assert scheduler.wait_drained(call, 10)
-    assert engine.order == ["aOne", "aTwo", "aThree"]
-    assert read_ids(peer, 3) == [1, 2, 3]
+    busy = Listener("busy", dry_in=3.0)
+    blocker, fresh = Listener("blocker"), Listener("fresh")
+    scheduler.submit(blocker, ["first"])
+    engine.wait_started()  # the engine is busy: what follows waits
+    scheduler.submit(busy, ["more text for busy"], opens_reply=False)
+    scheduler.submit(fresh, ["hello"])
+    engine.release()
+    drained(scheduler, busy, fresh)
+    assert engine.order == ["first", "hello", "more text for busy"]
 
 
+def test_the_caller_who_runs_dry_first_is_served_first(stub):
+    engine, scheduler = stub
+    blocker = Listener("blocker")
+    soon, later, latest = Listener("soon", 0.5), Listener("later", 2.0), Listener("latest", 4.0)
+    scheduler.submit(blocker, ["first"])
+    engine.wait_started()
+    for listener in (latest, later, soon):
+        scheduler.submit(listener, [f"{listener.call_id} text"], opens_reply=False)
+    engine.release()
+    drained(scheduler, soon, later, latest)
+    assert engine.order == ["first", "soon text", "later text", "latest text"]
+
+
+def test_replies_start_in_arrival_order(stub):
+    engine, scheduler = stub
+    blocker = Listener("blocker")
+    scheduler.submit(blocker, ["first"])
+    engine.wait_started()
+    listeners = [Listener(f"caller{n}") for n in range(4)]
+    for listener in listeners:
+        scheduler.submit(listener, [f"{listener.call_id} hello", f"{listener.call_id} more"])
+        time.sleep(0.01)
+    engine.release()
+    drained(scheduler, *listeners)
+    assert engine.order[1:5] == [f"caller{n} hello" for n in range(4)]
+
+
+def test_a_call_holding_max_lead_waits_and_is_served_when_its_lead_drops(stub):
+    engine, scheduler = stub
+    engine.release()
+    ahead = Listener("ahead", dry_in=scheduler.max_lead_s + 0.4)
+    scheduler.submit(ahead, ["later words"], opens_reply=False)
+    time.sleep(0.2)
+    assert engine.order == []  # 6.4 s of audio still to play: nothing to do yet
+    assert scheduler.wait_drained(ahead, 5)
+    assert engine.order == ["later words"]
+
+
+def test_lead_to_spare_joins_sentences_and_a_dry_buffer_cuts_to_the_first_clause(stub):
+    engine, scheduler = stub
+    engine.release()
+    scheduler.cost = SynthesisCost(seconds_per_char=0.01)  # 100 characters a second, whatever the machine
+    relaxed = Listener("relaxed", dry_in=4.0)
+    scheduler.submit(relaxed, ["One sentence here.", "Another one here.", "And a third."], opens_reply=False)
+    assert scheduler.wait_drained(relaxed, 5)
+    assert engine.order == ["One sentence here. Another one here. And a third."]
+
+    hurried = Listener("hurried", dry_in=0.0)
+    long_sentence = ("Your appointment with the dental hygienist, which we moved last week, "
+                     "is now on Monday morning at nine.")
+    scheduler.submit(hurried, [long_sentence, "Anything else?"], opens_reply=False)
+    assert scheduler.wait_drained(hurried, 5)
+    assert engine.order[1] == "Your appointment with the dental hygienist,"
+    assert " ".join(engine.order[1:]) == long_sentence + " Anything else?"
+
+
+@BOTH
+def test_phone_calls_come_before_http_requests(stub):
+    engine, scheduler = stub
+    blocker = Listener("blocker")
+    scheduler.submit(blocker, ["first"])
+    engine.wait_started()
+    http = Listener("http", priority=1)
+    scheduler.submit(http, ["http words"])
+    time.sleep(0.01)
+    phone = Listener("phone")
+    scheduler.submit(phone, ["phone words"])
+    engine.release()
+    drained(scheduler, phone, http)
+    assert engine.order == ["first", "phone words", "http words"]
+
+
+@BOTH
+def test_reply_ends_are_delivered_and_an_unspeakable_segment_is_skipped_and_counted(stub):
+    engine, scheduler = stub
+    engine.release()
+    listener = Listener("L")
+    silent = metrics.SEGMENTS_SILENT._value.get()  # noqa: SLF001
+    scheduler.submit(listener, ["Hello.", "!!!"], reply=1, ends_reply=True)
+    scheduler.submit(listener, [], reply=2, ends_reply=True)  # a reply whose text was all spoken already
+    assert scheduler.wait_drained(listener, 5)
+    assert metrics.SEGMENTS_SILENT._value.get() - silent == 1  # noqa: SLF001
+    assert all(samples > 0 for samples, _, ends in listener.received if not ends)
+    assert [(reply, ends) for _, reply, ends in listener.received if ends] == [(1, True), (2, True)]
+
+
+@BOTH
 def test_cancel_drops_queued_segments_at_once(stub):
     engine, scheduler = stub
-    (a, _), (b, _) = connected_call("A"), connected_call("B")
-    scheduler.submit(a, ["aOne", "aTwo", "aThree", "aFour"], opens_reply=True)
-    time.sleep(0.1)
-    scheduler.submit(b, ["bOne"], opens_reply=True)
+    a, b = Listener("A"), Listener("B")
+    scheduler.submit(a, ["aOne", "aTwo", "aThree", "aFour"])
+    engine.wait_started()
+    scheduler.submit(b, ["bOne"])
     before = metrics.SEGMENTS_CANCELLED._value.get()  # noqa: SLF001
     a.ended.set()
-    scheduler.cancel(a)
-    engine.release.set()
+    assert scheduler.cancel(a) == 3
+    engine.release()
     assert scheduler.wait_drained(b, 10) and scheduler.wait_drained(a, 10)
     assert engine.order == ["aOne", "bOne"]
     assert metrics.SEGMENTS_CANCELLED._value.get() - before == 3  # noqa: SLF001
+
+
+def test_two_workers_speak_two_calls_at_once_and_keep_each_calls_order():
+    engines = [RecordingEngine(), RecordingEngine()]
+    scheduler = Scheduler(Synthesizer(engines, LiteralG2P(), AudioCache(0)), lambda: (STUB_VOICE, 1.0))
+    scheduler.start()
+    try:
+        a, b = Listener("A"), Listener("B")
+        scheduler.submit(a, ["aOne", "aTwo"])
+        scheduler.submit(b, ["bOne", "bTwo"])
+        for engine in engines:  # both calls' first segments are in the engines at the same time
+            assert engine.started.acquire(timeout=10)
+        for engine in engines:
+            engine.release()
+        assert scheduler.wait_drained(a, 10) and scheduler.wait_drained(b, 10)
+        spoken = engines[0].order + engines[1].order
+        assert sorted(spoken) == ["aOne", "aTwo", "bOne", "bTwo"]
+        assert [len(a.received), len(b.received)] == [2, 2]
+    finally:
+        scheduler.stop()
 
 
 LONG_REPLY = ("I can certainly help you with rescheduling that appointment today. "
@@ -141,10 +279,10 @@ def test_processor_bye_frees_the_engine_for_another_call(service, engine, g2p):
         engine.synthesize(g2p.get("a")(sentence), voice.pack, speed)
     rest_of_reply_s = time.monotonic() - started
 
-    with LlamaClient(service.tcp_address, "5301") as a, LlamaClient(service.tcp_address, "5302") as b:
+    with LlamaClient(service.tcp_address, "bye-a") as a, LlamaClient(service.tcp_address, "bye-b") as b:
         a.text(LONG_REPLY)
         assert a.read_frame().chunk_id == 1
-        send_datagram(service.udp_address, "BYE:5301")
+        send_datagram(service.udp_address, "BYE:bye-a")
         cancelled_at = time.monotonic()
         b.text("Hello, second caller.")
         first_b = b.read_frame()
@@ -161,7 +299,7 @@ def test_processor_bye_frees_the_engine_for_another_call(service, engine, g2p):
 
 def test_disconnect_cancels_the_calls_queued_work(service):
     before = metrics.SEGMENTS_CANCELLED._value.get()  # noqa: SLF001
-    client = LlamaClient(service.tcp_address, "5303")
+    client = LlamaClient(service.tcp_address, "gone-1")
     client.text(LONG_REPLY)
     client.read_frame()
     client.close()
@@ -175,7 +313,7 @@ def test_cache_returns_identical_samples(service):
     text = "Thank you for calling Acme Dental."
     hits = metrics.CACHE_HITS._value.get()  # noqa: SLF001
     replies = []
-    for call_id in ("5304", "5305"):
+    for call_id in ("cache-1", "cache-2"):
         with LlamaClient(service.tcp_address, call_id) as client:
             client.text(text)
             client.bye()

@@ -88,7 +88,7 @@ def test_two_calls_at_once(service):
 
 
 def test_piper_load_test_style_call(service):
-    """Non-numeric call_id, then the text 'BYE' sent as an ordinary chunk; one reply header read."""
+    """Non-numeric call_id, one text, then the text 'BYE' as a normal chunk; one reply header read."""
     with LlamaClient(service.tcp_address, "load_test_001") as client:
         client.text("This is a load test message.")
         client.text("BYE")
@@ -125,14 +125,37 @@ def test_bad_hello_is_refused(service, caplog, raw, log_text):
     _assert_served_after(service)
 
 
-def test_oversized_text_closes_only_that_connection(service, caplog):
+def test_oversized_text_is_skipped_and_the_connection_goes_on(service, caplog):
+    """LLaMA may write to its connection again at any time: closing it would kill LLaMA (SIGPIPE)."""
     with LlamaClient(service.tcp_address, "4106") as bad, LlamaClient(service.tcp_address, "4107") as good:
-        bad.send_raw(struct.pack(">I", 10 * 1024 * 1024 + 1))
-        assert bad.is_closed_by_peer()
+        size = 10 * 1024 * 1024 + 1
+        bad.send_raw(struct.pack(">I", size) + b"x" * size)
         good.text("The other caller is unaffected.")
         good.bye()
         checked_audio(good.read_until_bye())
-    assert "exceeds the 10485760-byte limit" in caplog.text
+        bad.text("This one is spoken.")
+        bad.bye()
+        frames = bad.read_until_bye()
+    assert len(frames) == 1 and checked_audio(frames).size > 12000
+    assert "exceeds the 10485760-byte limit; chunk skipped" in caplog.text
+
+
+def test_text_bye_ends_the_call_like_the_marker(service):
+    """The Piper service read a chunk that is exactly 'BYE' as BYE; so does this one."""
+    with LlamaClient(service.tcp_address, "piper-bye") as client:
+        client.text("Goodbye for now.")
+        client.text("BYE")
+        frames = client.read_until_bye()
+        assert client.is_closed_by_peer()
+    assert len(frames) == 1 and checked_audio(frames).size > 12000
+
+
+def test_a_peer_that_sends_no_hello_is_closed(make_service, caplog):
+    quick = make_service(hello_timeout_s=0.5)
+    with LlamaClient(quick.tcp_address) as silent:
+        assert silent.is_closed_by_peer(5)
+    assert "no HELLO within 0.5 s" in caplog.text
+    checked_audio(reply_frames(quick.tcp_address, "after-silence", "Still here."))
 
 
 def test_invalid_utf8_text_costs_only_that_chunk(service, caplog):
