@@ -2,8 +2,11 @@
 (and the conversation benchmark's bookkeeping) without a model."""
 from __future__ import annotations
 
+import itertools
 import socket
 import struct
+import threading
+import time
 
 import numpy as np
 
@@ -62,3 +65,55 @@ class DialInTTS:
     def close(self) -> None:
         if self.listener is not None:
             self.listener.close()
+
+
+class StandInService:
+    """The service's side of whole conversations, without a model: for each LLaMA connection, it
+    announces and accepts call N's dial-in processor; for each reply, it sends frames of a tone as
+    ``script(reply_number)`` says ((seconds, pause before) per frame), then logs the reply done."""
+
+    def __init__(self, tts_base: int, announce_base: int, script, on_line, logged_frames=None):
+        self.tts_base, self.announce_base = tts_base, announce_base
+        self.script, self.on_line = script, on_line
+        self.logged_frames = logged_frames or (lambda reply, sent: sent)
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.address = self.server.getsockname()
+        self.links: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                llama, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._call, args=(llama,), daemon=True).start()
+
+    def _call(self, llama: socket.socket) -> None:
+        with llama:
+            call_id = int(recv_exact(llama, struct.unpack(">I", recv_exact(llama, 4))[0]))
+            tts = DialInTTS(call_id, self.tts_base, self.announce_base)
+            tts.announce()
+            link = tts.accept()
+            tts.close()
+            self.links.append(link)
+            chunk_id = 0
+            for reply in itertools.count(1):
+                try:
+                    recv_exact(llama, struct.unpack(">I", recv_exact(llama, 4))[0])
+                except ConnectionError:
+                    return
+                audio = 0.0
+                for seconds, pause in self.script(reply):
+                    time.sleep(pause)
+                    chunk_id += 1
+                    link.sendall(frame(tone(seconds, chunk_id), chunk_id))
+                    audio += seconds
+                frames = self.logged_frames(reply, len(self.script(reply)))
+                self.on_line(f"2025-01-01 12:00:00 INFO kokoro_daemon.calls: call {call_id}: reply {reply} done: "
+                             f"{frames} frames, {audio:.3f} s audio, first audio 0.050 s")
+
+    def close(self) -> None:
+        self.server.close()
+        for link in self.links:
+            link.close()
