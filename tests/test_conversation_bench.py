@@ -66,7 +66,7 @@ def test_turns_measure_first_audio_played_and_the_silence_inside_each_reply(conv
         assert turn.frames == 2 and turn.audio_s == pytest.approx(0.6) and turn.erased_s == 0
         assert 0 < turn.first_audio_s < 0.2 and turn.service_first_audio_s == 0.05
         [gap] = turn.gaps_s
-        assert gap == pytest.approx(0.2, abs=0.05) and turn.playout_s == pytest.approx(0.6 + gap)
+        assert 0.18 < gap < 0.35 and turn.playout_s == pytest.approx(0.6 + gap)
     second = result.turns[1]
     assert second.sent_at >= processor.played[1].end + 0.05      # sent after the first reply had played, and talk
     level = summarize([result], [processor], 2, wall_s=2.0, cpu_s=0.0, engine_busy_s=None)
