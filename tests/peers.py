@@ -527,12 +527,13 @@ class _Processor:
                 self._changed.wait(min(end, deadline) - now)
 
     def wait_idle(self, quiet_s: float, timeout: float) -> bool:
-        """Until everything received has played and no frame has arrived for ``quiet_s``."""
-        deadline = time.monotonic() + timeout
+        """Until everything received has played and no frame has arrived for ``quiet_s`` (from now, at the least)."""
+        began = time.monotonic()
+        deadline = began + timeout
         while (left := deadline - time.monotonic()) > 0:
             with self._changed:
                 count = len(self.frames)
-                last = self.frames[-1].received_at if self.frames else 0.0
+                last = max(self.frames[-1].received_at, began) if self.frames else began
             if not self.wait_played(count, left):
                 return False
             quiet_until = max(last + quiet_s, time.monotonic())
