@@ -166,6 +166,16 @@ def test_gaps_are_the_silences_between_played_audio(linked):
     assert len(processor.played_audio(start, time.monotonic())) == round(0.4 * RATE)
 
 
+def test_idle_means_all_played_and_nothing_new_for_a_while(linked):
+    processor, _, conn = linked
+    began = time.monotonic()
+    assert processor.wait_idle(0.2, 2.0) and time.monotonic() - began >= 0.2
+    conn.sendall(frame(tone(0.3), 1))
+    assert processor.wait_frames(1, 2.0)
+    assert processor.wait_idle(0.1, 2.0) and time.monotonic() >= processor.playout_end()
+    assert not processor.wait_idle(0.5, 0.2)
+
+
 def test_a_header_over_10_mib_drops_the_link(linked):
     processor, _, conn = linked
     conn.sendall(frame(np.zeros(MAX_FRAME_BYTES // 4, dtype="<f4"), 1))   # exactly 10 MiB is a frame
