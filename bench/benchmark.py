@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,17 +76,22 @@ def free_port(kind: int) -> int:
 # -- the service as a subprocess ------------------------------------------------------
 
 class ServiceProcess:
-    """``kokoro_service.py`` on free ports; its stderr is kept (and saved) to see when it is ready."""
+    """``kokoro_service.py`` on free ports; its stderr is kept (and saved) to see when it is ready.
+
+    ``extra_args`` go on its command line; ``on_line`` sees every log line as it comes.
+    """
 
     def __init__(self, voices_dir: Path, log_path: Path, cache_mb: float | None,
-                 engine_args: tuple[str, ...] = ("--engine", "onnx")):
+                 engine_args: tuple[str, ...] = ("--engine", "onnx"), extra_args: tuple[str, ...] = (),
+                 on_line: Callable[[str], None] | None = None):
         self.tcp_port = free_port(socket.SOCK_STREAM)
         command = [sys.executable, str(ROOT / "kokoro_service.py"), *engine_args, "--device", "cpu",
                    "-t", str(self.tcp_port), "-u", str(free_port(socket.SOCK_DGRAM)),
-                   "--voices-dir", str(voices_dir)]
+                   "--voices-dir", str(voices_dir), *extra_args]
         if cache_mb is not None:
             command += ["--cache-mb", str(cache_mb)]
         self.log_path = log_path
+        self.on_line = on_line
         self.lines: list[str] = []
         self.ready_line = threading.Event()
         self.started = time.perf_counter()
@@ -103,6 +109,8 @@ class ServiceProcess:
         with open(self.log_path, "w", encoding="utf-8") as out:
             for line in self.proc.stderr:
                 self.lines.append(line.rstrip("\n"))
+                if self.on_line is not None:
+                    self.on_line(self.lines[-1])
                 out.write(line)
                 out.flush()
                 if "ready in" in line:
@@ -330,8 +338,8 @@ def measure_cache(address, hits: int) -> tuple[dict, list[str]]:
 class BareEngine:
     """The service's engine, phonemizer and voice, in this process, with no service around them."""
 
-    def __init__(self, voices_dir: Path):
-        self.engine = create_engine("onnx")
+    def __init__(self, voices_dir: Path, threads: int | None = None):
+        self.engine = create_engine("onnx", threads=threads)
         voice = VoiceLibrary(voices_dir).load(VOICE)
         self.pack = voice.pack
         self.phonemize = G2PRegistry().get(voice.lang)
@@ -509,23 +517,31 @@ def run(args) -> int:
               "service": levels, "cache": cache, "ratios": ratios, "verdicts": verdicts(ratios),
               "benchmark_wall_s": time.perf_counter() - began}
     print_report(report)
-    (args.out / "benchmark.json").write_text(json.dumps(report, indent=2) + "\n")
-    plot_ttfa(report, args.out / "ttfa.png")
-    print(f"\nwrote {args.out / 'benchmark.json'} and {args.out / 'ttfa.png'} "
-          f"in {report['benchmark_wall_s']:.0f} s")
+    write_results(report, args.out / "benchmark.json", plot_ttfa, args.out / "ttfa.png")
     return 0
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--voices-dir", type=Path, default=ROOT.parent / "shared" / "voices" / "v1_0",
+def write_results(report: dict, json_path: Path, plot: Callable[[dict, Path], None], png_path: Path) -> None:
+    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    plot(report, png_path)
+    print(f"\nwrote {json_path} and {png_path} in {report['benchmark_wall_s']:.0f} s")
+
+
+def bench_arguments(description: str, outputs: str) -> argparse.ArgumentParser:
+    """The options every service benchmark takes: where the voices are, where the results go."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--voices-dir", type=lambda text: Path(text).resolve(),
+                        default=(ROOT.parent / "shared" / "voices" / "v1_0").resolve(),
                         help="folder holding af_sky.pt (default ../shared/voices/v1_0)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results",
-                        help="where benchmark.json, ttfa.png and the service logs go (default bench/results)")
+                        help=f"where {outputs} and the service logs go (default bench/results)")
+    return parser
+
+
+def main() -> int:
+    parser = bench_arguments(__doc__.splitlines()[0], "benchmark.json, ttfa.png")
     parser.add_argument("--quick", action="store_true", help="one repeat of each figure: a smoke check")
-    args = parser.parse_args()
-    args.voices_dir = args.voices_dir.resolve()
-    return run(args)
+    return run(parser.parse_args())
 
 
 if __name__ == "__main__":
