@@ -147,9 +147,8 @@ class Call:
                 if samples.size:
                     self._count_drop("call_ended", 1)
                 return
-            dropped = self._frames.put(Audio(samples, self.routing.output_rate, reply, time.monotonic(), ends_reply))
-            if dropped:
-                self._count_drop("overflow", dropped)
+            self._dropped(self._frames.put(Audio(samples, self.routing.output_rate, reply, time.monotonic(),
+                                                 ends_reply)), "overflow")
             self._wake_writer()
 
     # -- destinations -----------------------------------------------------------------------
@@ -174,7 +173,7 @@ class Call:
         if self.number is None or self.routing.mode == "reply-only" or self.routing.link == "dial-out":
             return
         with self._cond:
-            if self.ended.is_set() or self.link is not None or any(
+            if self.ended.is_set() or self.link is not None or self._dialling_out() or any(
                     isinstance(linker, DialIn) and linker.is_alive() and not linker.failed for linker in self._linkers):
                 return
             r = self.routing
@@ -184,10 +183,18 @@ class Call:
             self._add_linker(linker)
 
     def register(self) -> None:
-        """``REGISTER:N`` from a Piper-era processor: dial out to it."""
+        """``REGISTER:N`` from a Piper-era processor: it listens on base+N, so stop listening there and dial out."""
         if self.routing.link == "dial-in":
             log.info("call %s: REGISTER ignored: processors dial in (--processor-link dial-in)", self.label)
             return
+        with self._cond:
+            if self.link is not None or self.ended.is_set():
+                return
+            listening = [linker for linker in self._linkers if isinstance(linker, DialIn)]
+        for linker in listening:
+            linker.cancel()
+        for linker in listening:
+            linker.join(timeout=1.0)  # our listener must be gone before dialling that port
         self._dial_out()
 
     def _listen_port_taken(self) -> None:
@@ -222,7 +229,7 @@ class Call:
         for linker in others:
             linker.cancel()
         metrics.LINKS.labels(link.kind).inc()
-        log.info("call %s: %s linked", self.label, link.name)
+        log.info("%s linked", link.name)
         return True
 
     def _linker_gave_up(self) -> None:
@@ -234,7 +241,7 @@ class Call:
         with self._cond:
             if self.link is not link:
                 return
-        log.info("call %s: %s closed; the call is over", self.label, link.name)
+        log.info("%s closed; the call is over", link.name)
         self.env.end(self, "processor link closed", end_stream=False)
 
     def _transport(self, now: float) -> Transport | None:
@@ -266,9 +273,7 @@ class Call:
         """Wait for the next frame that may go now; None when the writer should exit. Lock held."""
         while not self.ended.is_set():
             now = time.monotonic()
-            expired = self._frames.expire(now)
-            if expired:
-                self._count_drop("expired", expired)
+            self._dropped(self._frames.expire(now), "expired")
             head = self._frames.peek()
             if head is None:
                 return None
@@ -314,7 +319,7 @@ class Call:
                 else:
                     self._frames.requeue(piece)
                 failed_link = transport is self.link and not self.ended.is_set()
-                if transport is self.reply and transport.broken:
+                if transport is self.reply and transport.broken and not self.ended.is_set():
                     log.warning("call %s: its LLaMA connection stopped taking audio", self.label)
             if failed_link:
                 self.env.end(self, f"{transport.name} failed", end_stream=False)
@@ -337,10 +342,20 @@ class Call:
 
     def _reply_done(self, piece: Audio) -> None:
         reply = self._replies.pop(piece.reply, None)
+        self._cond.notify_all()
         if reply is None:
             return
         log.info("call %s: reply %d done: %d frames, %.3f s audio, first audio %s", self.label, piece.reply,
                  reply.frames, reply.audio_s, "-" if reply.first_audio_s is None else f"{reply.first_audio_s:.3f} s")
+
+    def _dropped(self, pieces: list[Audio], reason: str) -> None:
+        """Lock held: count dropped audio; a reply whose end was dropped is over all the same."""
+        audible = sum(1 for piece in pieces if piece.samples.size)
+        if audible:
+            self._count_drop(reason, audible)
+        for piece in pieces:
+            if piece.ends_reply:
+                self._reply_done(piece)
 
     def _count_drop(self, reason: str, count: int) -> None:
         """Every dropped frame is counted; the first drop of each kind per call is logged."""
@@ -349,6 +364,12 @@ class Call:
             self._warned.add(reason)
             log.warning("call %s: dropped %d frame(s) of audio (%s)%s", self.label, count, reason,
                         "; later drops of this kind are only counted" if reason != "call_ended" else "")
+
+    def wait_replies_done(self, count: int, timeout: float | None = None) -> bool:
+        """True once ``count`` replies have begun and each has had its last frame sent."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._reply_count >= count and all(
+                n > count for n in self._replies), timeout)
 
     def wait_sent(self, timeout: float | None = None) -> bool:
         """True once every frame queued so far has been written (or dropped)."""
@@ -364,9 +385,7 @@ class Call:
         """Mark the call over and discard its unsent audio; the writer (or this call) closes the link."""
         with self._cond:
             self.ended.set()
-            dropped = self._frames.clear("call_ended")
-            if dropped:
-                self._count_drop("call_ended", dropped)
+            self._dropped(self._frames.clear("call_ended"), "call_ended")
             linkers, self._linkers = self._linkers, []
             link = None
             if self._writer is None:

@@ -71,16 +71,14 @@ class FrameQueue:
     def queued_s(self) -> float:
         return sum(item.duration_s for item in self._items)
 
-    def put(self, audio: Audio) -> int:
-        """Queue ``audio``; return how many older pieces were dropped to stay within the byte budget."""
+    def put(self, audio: Audio) -> list[Audio]:
+        """Queue ``audio``; return the older pieces dropped to stay within the byte budget."""
         self._items.append(audio)
         self._bytes += audio.nbytes
-        dropped = 0
+        dropped = []
         while self._bytes > self.max_bytes and len(self._items) > 1:
-            self._pop_left()
-            dropped += 1
-        if dropped:
-            self.dropped["overflow"] += dropped
+            dropped.append(self._pop_left())
+        self._count(dropped, "overflow")
         return dropped
 
     def peek(self) -> Audio | None:
@@ -101,14 +99,12 @@ class FrameQueue:
         self._items.appendleft(audio)
         self._bytes += audio.nbytes
 
-    def expire(self, now: float) -> int:
-        """Drop audio held longer than ``max_age_s``; return how many pieces went."""
-        expired = 0
+    def expire(self, now: float) -> list[Audio]:
+        """Drop and return audio held longer than ``max_age_s``."""
+        expired = []
         while self._items and self.max_age_s is not None and now - self._items[0].queued_at > self.max_age_s:
-            self._pop_left()
-            expired += 1
-        if expired:
-            self.dropped["expired"] += expired
+            expired.append(self._pop_left())
+        self._count(expired, "expired")
         return expired
 
     def next_expiry(self) -> float | None:
@@ -116,14 +112,19 @@ class FrameQueue:
             return None
         return self._items[0].queued_at + self.max_age_s
 
-    def clear(self, reason: str) -> int:
-        """Discard everything queued (the call is over); return how many pieces went."""
-        count = len(self._items)
+    def clear(self, reason: str) -> list[Audio]:
+        """Discard and return everything queued (the call is over)."""
+        cleared = list(self._items)
         self._items.clear()
         self._bytes = 0
-        if count:
-            self.dropped[reason] += count
-        return count
+        self._count(cleared, reason)
+        return cleared
+
+    def _count(self, pieces: list[Audio], reason: str) -> None:
+        """Reply-end markers carry no audio and are not counted as drops."""
+        audible = sum(1 for piece in pieces if piece.samples.size)
+        if audible:
+            self.dropped[reason] += audible
 
     def _pop_left(self) -> Audio:
         item = self._items.popleft()

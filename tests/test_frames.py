@@ -16,8 +16,8 @@ def audio(seconds: float, reply: int = 1, at: float = 0.0, ends_reply: bool = Fa
 def test_over_budget_the_oldest_audio_goes_and_is_counted():
     queue = FrameQueue(max_bytes=3 * RATE * 4)  # three seconds
     for n in range(3):
-        assert queue.put(audio(1.0, reply=n)) == 0
-    assert queue.put(audio(1.0, reply=3)) == 1
+        assert queue.put(audio(1.0, reply=n)) == []
+    assert [piece.reply for piece in queue.put(audio(1.0, reply=3))] == [0]
     assert [queue.take().reply for _ in range(len(queue))] == [1, 2, 3]
     assert queue.dropped == {"overflow": 1}
 
@@ -45,7 +45,7 @@ def test_requeued_audio_goes_first_and_counts_against_the_budget():
     taken = queue.take()
     queue.put(audio(1.0, reply=2))
     queue.requeue(taken)
-    assert queue.put(audio(1.0, reply=3)) == 1  # the requeued piece is the oldest
+    assert [piece.reply for piece in queue.put(audio(1.0, reply=3))] == [1]  # the requeued piece is the oldest
     assert [queue.take().reply for _ in range(2)] == [2, 3]
 
 
@@ -54,8 +54,8 @@ def test_age_limit_expires_held_audio():
     queue.put(audio(1.0, at=0.0))
     queue.put(audio(1.0, at=3.0))
     assert queue.next_expiry() == 5.0
-    assert queue.expire(now=4.0) == 0
-    assert queue.expire(now=6.0) == 1 and queue.next_expiry() == 8.0
+    assert queue.expire(now=4.0) == []
+    assert len(queue.expire(now=6.0)) == 1 and queue.next_expiry() == 8.0
     assert queue.dropped == {"expired": 1}
     assert FrameQueue(max_bytes=1).next_expiry() is None
 
@@ -64,8 +64,9 @@ def test_clear_counts_under_the_reason_given():
     queue = FrameQueue(max_bytes=1 << 20)
     queue.put(audio(1.0))
     queue.put(audio(1.0))
-    assert queue.clear("call_ended") == 2 and queue.clear("call_ended") == 0
-    assert queue.dropped == {"call_ended": 2} and queue.queued_s == 0
+    queue.put(audio(0.0, ends_reply=True))
+    assert len(queue.clear("call_ended")) == 3 and queue.clear("call_ended") == []
+    assert queue.dropped == {"call_ended": 2} and queue.queued_s == 0  # the reply-end marker is no audio
 
 
 def test_playout_clock_plays_in_real_time_from_each_piece():

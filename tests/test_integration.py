@@ -1,7 +1,8 @@
-"""End to end against the real peers' behaviour: the LLaMA client that never reads, the outbound
-audio processor (REGISTER/BYE over UDP, HELLO then frames over TCP), slow and idle consumers."""
+"""End to end with the Piper-era processor (it listens on 9002+N, sends REGISTER:N and BYE:N to
+UDP 13001, the service dials out), the routing modes, and consumers that are slow or never read."""
 from __future__ import annotations
 
+import logging
 import statistics
 import time
 from contextlib import contextmanager
@@ -13,9 +14,9 @@ from prometheus_client import REGISTRY
 from conftest import PHRASES, judge, write_wav
 from kokoro_daemon.calls import Routing
 from kokoro_daemon.segmenter import split_text
-from peers import LlamaClient, ProcessorPeer, free_port, reply_frames, send_datagram
+from peers import LlamaClient, LlamaPeer, PiperProcessor, free_port, reply_frames, send_datagram
 
-WAIT_S = 90.0  # generous: the engine shares two cores with everything else
+WAIT_S = 120.0  # generous: the engine shares two cores with everything else
 
 
 def counter(name: str, **labels) -> float:
@@ -31,13 +32,6 @@ def wait_for(predicate, timeout: float = WAIT_S, interval: float = 0.02) -> bool
     return True
 
 
-def rss_kib() -> int:
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS in /proc/self/status")
-
-
 def processor_port(service) -> tuple[int, int]:
     """(call id N, port P) with P free and P = processor_base_port + N."""
     port = free_port()
@@ -47,22 +41,20 @@ def processor_port(service) -> tuple[int, int]:
 
 
 @contextmanager
-def processor(service):
-    call_id, port = processor_port(service)
-    peer = ProcessorPeer(call_id, port)
-    try:
-        yield call_id, peer
-    finally:
-        peer.close()
+def piper_processor(service):
+    call_id, _ = processor_port(service)
+    with PiperProcessor(call_id, service_udp=service.udp_address,
+                        base=service.config.routing.processor_base_port) as processor:
+        yield call_id, processor
 
 
-def register(service, call_id: int) -> None:
-    send_datagram(service.udp_address, f"REGISTER:{call_id}")
+def wait_call(service, call_id) -> object:
+    assert wait_for(lambda: service.registry.get(str(call_id)) is not None, 10)
+    return service.registry.get(str(call_id))
 
-    def registered():
-        call = service.registry.get(str(call_id))
-        return call is not None and call.processor is not None and call.processor.registered.is_set()
-    assert wait_for(registered, 10), f"REGISTER:{call_id} not applied"
+
+def wait_replies(service, call_id, count: int = 1) -> None:
+    assert wait_call(service, call_id).wait_replies_done(count, WAIT_S)
 
 
 def end_call(service, call_id: int) -> None:
@@ -70,25 +62,8 @@ def end_call(service, call_id: int) -> None:
     assert wait_for(lambda: service.registry.get(str(call_id)) is None, 10)
 
 
-def segments_done() -> float:
-    """Segments the scheduler has finished with (spoken, from the cache, or failed), across services."""
-    return sum(counter(f"kokoro_{name}_total") for name in ("segments_synthesized", "cache_hits", "segments_failed"))
-
-
-def wait_spoken(service, call_id, before: float, count: int) -> None:
-    """Wait until ``count`` segments are done since ``before`` and call_id's audio is queued for its destination."""
-    assert wait_for(lambda: segments_done() - before >= count), f"{segments_done() - before} of {count} segments"
-    call = service.registry.get(str(call_id))
-    assert call is not None and service.scheduler.wait_drained(call, WAIT_S)
-
-
-def wait_frames(peer: ProcessorPeer, count: int, timeout: float = WAIT_S) -> list:
-    assert wait_for(lambda: len(peer.frames) >= count, timeout), \
-        f"{len(peer.frames)} of {count} frames arrived; errors {peer.errors}"
-    return peer.frames
-
-
-def assert_call_frames(frames, count: int, first_id: int = 1, rate: int = 24000) -> np.ndarray:
+def assert_call_frames(frames, count: int | None = None, first_id: int = 1, rate: int = 24000) -> np.ndarray:
+    count = len(frames) if count is None else count
     assert [f.chunk_id for f in frames] == list(range(first_id, first_id + count))
     assert all(f.rate == rate for f in frames)
     audio = np.concatenate([f.samples for f in frames])
@@ -100,25 +75,23 @@ def assert_call_frames(frames, count: int, first_id: int = 1, rate: int = 24000)
 @pytest.mark.judge
 def test_registered_call_audio_goes_to_its_processor_and_8k_is_as_intelligible(service, make_service, tmp_path):
     text = " ".join(PHRASES[:2])
-    count = len(split_text(text))
-    with processor(service) as (call_id, peer):
-        register(service, call_id)
-        with LlamaClient(service.tcp_address, str(call_id)) as llama:  # never reads
-            llama.text(text)
-            frames = wait_frames(peer, count)
-            audio24 = assert_call_frames(frames, count)
-            time.sleep(0.2)
-            assert len(peer.frames) == count and peer.errors == [] and peer.connections == 1
+    with piper_processor(service) as (call_id, processor), LlamaPeer(service.tcp_address) as llama:
+        llama.reply(call_id, text)
+        wait_replies(service, call_id)
+        assert processor.wait_frames(1, WAIT_S)
+        audio24 = assert_call_frames(processor.frames)
         end_call(service, call_id)
-        assert peer.ended.wait(10) and peer.frames_after_end == 0
+        assert processor.wait_links(1, 10, ended=True)
+        assert processor.links[0].end == "end of stream" and processor.errors == []
+        assert len(processor.links) == 1
 
     narrowband = make_service(routing=Routing(output_rate=8000))
     # The same sentences, the same (deterministic) engine: share the segments already spoken, so
     # the 8 kHz run costs no engine time; what it tests is the service's 8 kHz output path.
     narrowband.synthesizer.cache = service.synthesizer.cache
     frames8 = reply_frames(narrowband.tcp_address, "narrowband-1", text)
-    audio8 = assert_call_frames(frames8, count, rate=8000)
-    assert abs(audio8.size / 8000 - audio24.size / 24000) < 0.01 * len(frames8)
+    audio8 = assert_call_frames(frames8, rate=8000)
+    assert abs(audio8.size / 8000 - audio24.size / 24000) < 0.1 * audio24.size / 24000  # segments may be joined
 
     result = judge(tmp_path, [(write_wav(tmp_path / "24k.wav", audio24, 24000), text),
                               (write_wav(tmp_path / "8k.wav", audio8, 8000), text)])
@@ -130,21 +103,20 @@ def test_registered_call_audio_goes_to_its_processor_and_8k_is_as_intelligible(s
 
 # 2 -------------------------------------------------------------------------------------------
 def test_processor_that_registers_before_listening_still_gets_its_audio(service):
-    call_id, port = processor_port(service)
-    register(service, call_id)
-    with LlamaClient(service.tcp_address, str(call_id)) as llama:
-        before = segments_done()
-        llama.text("Connecting you now.")
-        wait_spoken(service, call_id, before, 1)  # queued; the writer's connects are being refused
+    call_id, _ = processor_port(service)
+    send_datagram(service.udp_address, f"REGISTER:{call_id}")  # kept a few seconds for its HELLO
+    with LlamaPeer(service.tcp_address) as llama:
+        llama.reply(call_id, "Connecting you now.")
+        call = wait_call(service, call_id)
+        assert service.scheduler.wait_drained(call, WAIT_S)  # spoken and held: the connects are refused
         time.sleep(0.5)
-        peer = ProcessorPeer(call_id, port)
-        try:
-            assert_call_frames(wait_frames(peer, 1, 15), 1)
-            assert peer.errors == [] and peer.connections == 1
+        with PiperProcessor(call_id, service_udp=service.udp_address,
+                            base=service.config.routing.processor_base_port) as processor:
+            assert processor.wait_frames(1, 15), processor.errors
+            assert_call_frames(processor.frames)
+            assert processor.errors == [] and len(processor.links) == 1
             end_call(service, call_id)
-            assert peer.ended.wait(10)
-        finally:
-            peer.close()
+            assert processor.wait_links(1, 10, ended=True)
 
 
 # 3 -------------------------------------------------------------------------------------------
@@ -152,155 +124,150 @@ def test_processor_bye_mid_reply_stops_the_call_and_the_engine_moves_on(service)
     text = ("Let me read you the full list of options. The first option is our basic plan. "
             "The second option adds evening support. The third option includes weekend visits. "
             "The fourth option covers the whole family. The last option is the premium service.")
-    count = len(split_text(text))
-    assert count >= 6
-    with processor(service) as (call_id, peer), processor(service) as (other_id, other):
-        register(service, call_id)
-        with LlamaClient(service.tcp_address, str(call_id)) as llama:
-            llama.text(text)
-            assert peer.first_frame.wait(WAIT_S), peer.errors
-            call = service.registry.get(str(call_id))
-            cancelled = counter("kokoro_segments_cancelled_total")
-            synthesized = counter("kokoro_segments_synthesized_total")
-            send_datagram(service.udp_address, f"BYE:{call_id}")
-            assert peer.ended.wait(10), "no zero header after BYE"
-            assert service.registry.get(str(call_id)) is None
-            assert service.scheduler.wait_drained(call, WAIT_S)
-            # at most the segment that was in the engine when BYE came
-            assert counter("kokoro_segments_synthesized_total") - synthesized <= 1
-            assert counter("kokoro_segments_cancelled_total") > cancelled
-            time.sleep(0.3)
-            assert peer.frames_after_end == 0
-            assert 1 <= len(peer.frames) < count
-            assert [f.chunk_id for f in peer.frames] == list(range(1, len(peer.frames) + 1))
+    assert len(split_text(text)) >= 6
+    with piper_processor(service) as (call_id, processor), piper_processor(service) as (other_id, other), \
+            LlamaPeer(service.tcp_address) as llama:
+        llama.reply(call_id, text)
+        assert processor.wait_frames(1, WAIT_S), processor.errors
+        call = service.registry.get(str(call_id))
+        cancelled = counter("kokoro_segments_cancelled_total")
+        synthesized = counter("kokoro_segments_synthesized_total")
+        send_datagram(service.udp_address, f"BYE:{call_id}")
+        assert processor.wait_links(1, 10, ended=True) and processor.links[0].end == "end of stream"
+        assert service.registry.get(str(call_id)) is None
+        assert service.scheduler.wait_drained(call, WAIT_S)
+        # at most the segment that was in the engine when BYE came
+        assert counter("kokoro_segments_synthesized_total") - synthesized <= 1
+        assert counter("kokoro_segments_cancelled_total") > cancelled
+        heard_s = processor.audio_s
+        assert 0 < heard_s < 12
+        assert [f.chunk_id for f in processor.frames] == list(range(1, len(processor.frames) + 1))
 
-            register(service, other_id)
-            with LlamaClient(service.tcp_address, str(other_id)) as second:
-                second.text("The next caller is served.")
-                assert_call_frames(wait_frames(other, 1), 1)
-            end_call(service, other_id)
-    assert other.errors == [] and peer.errors == []
+        llama.reply(other_id, "The next caller is served.")
+        assert other.wait_frames(1, WAIT_S)
+        assert_call_frames(other.frames)
+        end_call(service, other_id)
+        assert llama.died is None
+    assert other.errors == [] and processor.errors == []
 
 
 # 4 -------------------------------------------------------------------------------------------
-def test_unregistered_and_non_numeric_calls_get_audio_on_the_llama_connection(service):
+def test_unregistered_and_non_numeric_calls_get_audio_on_the_llama_connection(service, caplog):
+    caplog.set_level(logging.INFO, logger="kokoro_daemon")
     sent = counter("kokoro_frames_sent_total", destination="reply")
-    with LlamaClient(service.tcp_address, "4401") as numeric:  # numeric, never registered
+    with LlamaClient(service.tcp_address, "4401") as numeric:  # numeric, its processor never shows up
         numeric.text("You are caller number one.")
         frame = numeric.read_frame()
         assert (frame.chunk_id, frame.rate) == (1, 24000) and frame.samples.size > 12000
     send_datagram(service.udp_address, "REGISTER:agent-x")  # non-numeric: no processor port to use
-    assert wait_for(lambda: service.registry.get("agent-x") is not None, 10)
+    assert wait_for(lambda: "REGISTER:agent-x before its call" in caplog.text, 10)
     assert_call_frames(reply_frames(service.tcp_address, "agent-x", "Named calls work too."), 1)
+    assert "call agent-x registered, but it has no processor port" in caplog.text
     send_datagram(service.udp_address, "REGISTER:99999")  # 9002 + 99999 is no TCP port
-    assert wait_for(lambda: service.registry.get("99999") is not None, 10)
     assert_call_frames(reply_frames(service.tcp_address, "99999", "Big numbers work too."), 1)
     assert counter("kokoro_frames_sent_total", destination="reply") - sent == 3
 
 
 # 5 -------------------------------------------------------------------------------------------
 def test_processor_only_holds_audio_until_register_and_expires_what_never_registers(make_service, caplog):
-    held = make_service(routing=Routing(mode="processor-only", hold_seconds=1.0))
+    held = make_service(routing=Routing(mode="processor-only", link="dial-out", hold_seconds=1.0))
     text = "Good morning. Your table is ready."
-    segments = split_text(text)
-    for segment in segments:  # stock phrases, cached: all of the reply is queued at once, whatever the CPU load
-        held.synthesizer.speak(segment, *held.voice_setting.get())
+    voice, speed = held.voice_setting.get()
+    for segment in split_text(text):  # stock phrases, cached: all of the reply is queued at once, whatever the CPU load
+        held.synthesizer.speak(segment, voice, speed)
     expired = counter("kokoro_frames_dropped_total", reason="expired")
-    never = counter("kokoro_frames_dropped_total", reason="never_registered")
-
-    def dropped():
-        return (counter("kokoro_frames_dropped_total", reason="expired") - expired
-                + counter("kokoro_frames_dropped_total", reason="never_registered") - never)
 
     lost_id, _ = processor_port(held)
-    with LlamaClient(held.tcp_address, str(lost_id)) as lost, processor(held) as (call_id, peer):
-        before = segments_done()
-        lost.text("Nobody will hear this.")  # its processor never registers; the connection stays open
-        wait_spoken(held, lost_id, before, 1)
-        with LlamaClient(held.tcp_address, str(call_id)) as llama:
-            llama.text(text)
-            wait_spoken(held, call_id, before + 1, len(segments))
-            assert peer.connections == 0 and peer.frames == []  # held, not sent anywhere
-            register(held, call_id)
-            assert_call_frames(wait_frames(peer, len(segments), 10), len(segments))
-            assert peer.errors == []
+    with LlamaPeer(held.tcp_address) as llama:
+        llama.reply(lost_id, "Nobody will hear this.")  # its processor never registers; the connection stays
+        wait_replies(held, lost_id)  # its audio is done: the frame is held or already expired
+        call_id, port = processor_port(held)
+        llama.reply(call_id, text)
+        call = wait_call(held, call_id)
+        assert held.scheduler.wait_drained(call, WAIT_S)
+        time.sleep(0.3)
+        with PiperProcessor(call_id, service_udp=held.udp_address,
+                            base=held.config.routing.processor_base_port) as processor:
+            assert processor.wait_frames(1, 10)
+            assert wait_for(lambda: processor.audio_s > 2.0, 10), "the reply was not delivered whole"
+            assert_call_frames(processor.frames)
+            assert processor.errors == []
             end_call(held, call_id)
-            assert peer.ended.wait(10)
-        assert wait_for(lambda: dropped() >= 1, 5), "held audio of an unregistered call never expired"
-        assert dropped() == 1
-    assert f"processor-{lost_id}@" in caplog.text
+        assert wait_for(lambda: counter("kokoro_frames_dropped_total", reason="expired") - expired >= 1, 5), \
+            "held audio of an unregistered call never expired"
+        assert counter("kokoro_frames_dropped_total", reason="expired") - expired == 1
+    assert f"call {lost_id}: dropped 1 frame(s) of audio (expired)" in caplog.text
+
+
+def test_processor_only_keeps_a_calls_audio_for_hold_seconds_after_its_llama_connection_goes(make_service):
+    held = make_service(routing=Routing(mode="processor-only", link="dial-out", hold_seconds=30.0))
+    call_id, _ = processor_port(held)
+    with LlamaPeer(held.tcp_address) as llama:
+        llama.reply(call_id, "Your table is ready.")
+        call = wait_call(held, call_id)
+        assert held.scheduler.wait_drained(call, WAIT_S)
+    time.sleep(0.5)  # LLaMA restarted; the processor registers a moment later
+    assert held.registry.get(str(call_id)) is call
+    with PiperProcessor(call_id, service_udp=held.udp_address,
+                        base=held.config.routing.processor_base_port) as processor:
+        assert processor.wait_frames(1, 10) and processor.errors == []
 
 
 # 6 -------------------------------------------------------------------------------------------
-def test_long_lived_llama_connection_and_a_superseding_one(service):
-    with processor(service) as (call_id, peer):
-        register(service, call_id)
+def test_a_second_llama_connection_for_a_call_takes_its_audio_and_the_first_stays_open(service):
+    with piper_processor(service) as (call_id, processor):
         first = LlamaClient(service.tcp_address, str(call_id))  # never reads, keeps the connection
         try:
             first.text("Your order has shipped.")
-            wait_frames(peer, 1)
+            assert processor.wait_frames(1, WAIT_S)
             time.sleep(0.5)  # idle between replies, as the LLaMA client is
-            first.text("It should arrive on Friday.")
-            wait_frames(peer, 2)
             with LlamaClient(service.tcp_address, str(call_id)) as second:
-                assert first.is_closed_by_peer(10), "superseded connection left open"
-                second.text("Anything else today?")
-                assert_call_frames(wait_frames(peer, 3), 3)
+                second.text("It should arrive on Friday.")
+                assert wait_call(service, call_id).wait_replies_done(2, WAIT_S)
+                first.sock.settimeout(1.0)
+                with pytest.raises(TimeoutError):  # never closed under LLaMA (SIGPIPE would kill it)
+                    first.sock.recv(1)
+                first.text("Anything else today?")  # both connections still speak for the call
+                assert wait_call(service, call_id).wait_replies_done(3, WAIT_S)
+            assert processor.wait_frames(3, 10)
+            assert_call_frames(processor.frames)
         finally:
             first.close()
-        assert peer.errors == [] and peer.connections == 1
+        assert processor.errors == [] and len(processor.links) == 1
         end_call(service, call_id)
-        assert peer.ended.wait(10)
 
 
 # 7 -------------------------------------------------------------------------------------------
-def test_stalled_reader_never_delays_another_call(service, caplog):
+def test_a_stalled_reader_never_delays_another_call(make_service):
+    """A caller that never reads (4 KiB receive buffer) still has uncached text waiting when another call starts.
+
+    Its unread audio counts as playing in real time; once it holds max-lead seconds the scheduler
+    parks it, so it costs the other call nothing, and its own writer is the only thread it blocks.
+    """
+    busy = make_service(cache_mb=0)
+
     def ttfa(call_id: str, text: str) -> float:
-        with LlamaClient(service.tcp_address, call_id) as client:
+        with LlamaClient(busy.tcp_address, call_id) as client:
             client.text(text)
             frame = client.read_frame()
             assert frame.chunk_id == 1 and frame.samples.size > 0
             return frame.received_at - client.sent_at
 
-    # same word count, none cached
+    def quiet_engine() -> bool:
+        before = counter("kokoro_segments_synthesized_total")
+        time.sleep(1.0)
+        return counter("kokoro_segments_synthesized_total") == before
+
     unloaded = [ttfa("ttfa-1", "Please hold while I check your file."),
                 ttfa("ttfa-2", "Please wait while I find your order.")]
-    overflow = counter("kokoro_frames_dropped_total", reason="overflow")
-    with LlamaClient(service.tcp_address, "stalled-A", rcvbuf=4096) as stalled:  # never reads
-        before = segments_done()
-        stalled.text(" ".join(["Hello there."] * 150))
-        wait_spoken(service, "stalled-A", before, 150)
-        assert counter("kokoro_frames_dropped_total", reason="overflow") > overflow
-        assert "consumer is not keeping up" in caplog.text
+    with LlamaClient(busy.tcp_address, "stalled-A", rcvbuf=4096) as stalled:  # never reads
+        stalled.text(" ".join(f"Item number {n} is on the list." for n in range(1, 60)))
+        call = wait_call(busy, "stalled-A")
+        assert wait_for(lambda: call.lead_s() >= busy.config.routing.max_lead_s and quiet_engine(), WAIT_S)
+        waiting_before = busy.scheduler.pending_chars(call)
         loaded = ttfa("ttfa-3", "Please pause while I read your notes.")
+        assert waiting_before > 0 and busy.scheduler.pending_chars(call) > 0, "the stalled call's text was all spoken"
     base = statistics.median(unloaded)
     print(f"\nTTFA unloaded {', '.join(f'{t:.3f}' for t in unloaded)} s (median {base:.3f}); "
-          f"with a stalled reader {loaded:.3f} s ({loaded / base:.2f}x); "
-          f"overflow drops {counter('kokoro_frames_dropped_total', reason='overflow') - overflow:.0f}")
+          f"beside a stalled reader with {waiting_before} characters waiting {loaded:.3f} s ({loaded / base:.2f}x)")
     assert loaded <= 1.5 * base
-
-
-# 8 -------------------------------------------------------------------------------------------
-def test_300_idle_llama_connections(service):
-    gauge = "kokoro_llama_connections"
-    connections_before = counter(gauge)
-    rss_before = rss_kib()
-    idle = []
-    try:
-        for n in range(300):
-            idle.append(LlamaClient(service.tcp_address, f"idle-{n}"))
-        assert wait_for(lambda: all(service.registry.get(f"idle-{n}") for n in range(300)), 30)
-        assert counter(gauge) - connections_before == 300
-        rss_open = rss_kib()
-        started = time.monotonic()
-        text = "All lines are open."
-        audio = assert_call_frames(reply_frames(service.tcp_address, "busy-1", text), len(split_text(text)))
-        served = time.monotonic() - started
-        print(f"\nRSS {rss_before / 1024:.1f} MiB before, {rss_open / 1024:.1f} MiB with 300 idle connections "
-              f"(+{(rss_open - rss_before) / 1024:.1f} MiB); a call beside them served in {served:.2f} s "
-              f"({audio.size / 24000:.2f} s of audio)")
-    finally:
-        for client in idle:
-            client.close()
-    assert wait_for(lambda: counter(gauge) == connections_before, 30)
-    assert not any(service.registry.get(f"idle-{n}") for n in range(300))
