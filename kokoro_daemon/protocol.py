@@ -25,15 +25,8 @@ _LENGTH = struct.Struct(">I")
 
 
 class ProtocolError(Exception):
-    """The peer sent bytes that break the protocol.
-
-    ``fatal`` errors leave the stream unreadable; a non-fatal one (a well-framed chunk of
-    invalid UTF-8) costs only that chunk.
-    """
-
-    def __init__(self, message: str, fatal: bool = True):
-        super().__init__(message)
-        self.fatal = fatal
+    """The peer sent bytes that break the protocol: a bad HELLO ends the connection, a bad text
+    chunk (over-long, or not UTF-8) costs only that chunk, since the stream stays in step."""
 
 
 class PeerClosed(Exception):
@@ -117,16 +110,14 @@ def read_message(sock: socket.socket) -> Text | Bye:
         return Bye()
     if length > MAX_TEXT_BYTES:
         _skip_payload(sock, length)
-        raise ProtocolError(f"text length {length} exceeds the {MAX_TEXT_BYTES}-byte limit; chunk skipped",
-                            fatal=False)
+        raise ProtocolError(f"text length {length} exceeds the {MAX_TEXT_BYTES}-byte limit; chunk skipped")
     raw = _read_payload(sock, length, "text")
     if raw == b"BYE":
         return Bye()
     try:
         return Text(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
-        raise ProtocolError(f"text chunk of {length} bytes is not valid UTF-8 ({exc}); chunk skipped",
-                            fatal=False) from None
+        raise ProtocolError(f"text chunk of {length} bytes is not valid UTF-8 ({exc}); chunk skipped") from None
 
 
 def encode_hello(call_id: str) -> bytes:
