@@ -173,8 +173,7 @@ class Call:
         if self.number is None or self.routing.mode == "reply-only" or self.routing.link == "dial-out":
             return
         with self._cond:
-            if self.ended.is_set() or self.link is not None or self._dialling_out() or any(
-                    isinstance(linker, DialIn) and linker.is_alive() and not linker.failed for linker in self._linkers):
+            if self.ended.is_set() or self.link is not None or self._linking():
                 return
             r = self.routing
             linker = DialIn(self.call_id, r.listen_host, r.processor_base_port + self.number,
@@ -207,8 +206,7 @@ class Call:
                         "base port + call_id is over 65535); its audio stays on the reply path", self.label)
             return
         with self._cond:
-            if self.ended.is_set() or self.link is not None or any(
-                    isinstance(linker, DialOut) and linker.is_alive() and not linker.failed for linker in self._linkers):
+            if self.ended.is_set() or self.link is not None or self._linking(DialOut):
                 return
             address = (self.routing.processor_host, self.routing.processor_base_port + self.number)
             self._add_linker(DialOut(self.call_id, address, self._linked, self._link_closed, self._linker_gave_up))
@@ -233,9 +231,12 @@ class Call:
         return True
 
     def _linker_gave_up(self) -> None:
-        """No link came of it: audio held for that processor may now go elsewhere."""
+        """No link came of it: audio held for that processor may now go elsewhere, if anywhere."""
         with self._cond:
             self._cond.notify_all()
+            unheard = self.reply is None and self.routing.mode != "processor-only" and not self.ended.is_set()
+        if unheard and not self.heard_by_processor():
+            self.env.end(self, "no processor linked and no LLaMA connection left")
 
     def _link_closed(self, link: LinkTransport) -> None:
         with self._cond:
@@ -248,14 +249,22 @@ class Call:
         """Where the next frame goes: the link, else the reply socket once the processor had its chance."""
         if self.link is not None:
             return self.link
-        if self.routing.mode == "processor-only" or now < self._hold_until or self._dialling_out():
+        if self.routing.mode == "processor-only" or now < self._hold_until or self._linking(DialOut):
             return None
         return self.reply if self.reply is not None and not self.reply.broken else None
 
-    def _dialling_out(self) -> bool:
-        """A Piper-era processor registered and is being connected to: its audio waits for it (within bounds)."""
-        return any(isinstance(linker, DialOut) and not linker.failed and not linker.cancelled.is_set()
-                   for linker in self._linkers)
+    def _linking(self, kind: type = Linker) -> bool:
+        """A link of ``kind`` is being made: a Piper-era processor registered and is being dialled, or the
+        service listens and announces for today's processor. Audio held for a dial-out waits for it."""
+        return any(isinstance(linker, kind) and linker.is_alive() and not linker.failed
+                   and not linker.cancelled.is_set() for linker in self._linkers)
+
+    def heard_by_processor(self) -> bool:
+        """Whether a processor carries this call's audio, or soon will: a Piper-era one registered and is being
+        dialled, or today's is still within ``processor_wait_s`` of being announced to."""
+        with self._cond:
+            return self.link is not None or self._linking(DialOut) or (
+                self._linking(DialIn) and time.monotonic() < self._hold_until)
 
     def _abandon(self, transport: Transport) -> bool:
         """Stop a blocked write: the call ended, or a link or a newer connection took over from ``transport``."""
@@ -510,7 +519,7 @@ class CallRegistry:
         processor-only routing, for ``hold_seconds``); otherwise nobody can hear it any more."""
         if not call.detach_reply(transport):
             return
-        if call.link is not None:
+        if call.heard_by_processor():
             log.info("call %s: LLaMA connection closed; the call goes on with its processor", call.label)
         elif self.routing.mode == "processor-only":
             timer = threading.Timer(self.routing.hold_seconds, self._end_if_unlinked, (call,))

@@ -321,3 +321,15 @@ def test_cache_returns_identical_samples(service):
     assert metrics.CACHE_HITS._value.get() - hits >= 1  # noqa: SLF001
     first, second = ([f.samples.tobytes() for f in frames] for frames in replies)
     assert first == second and first
+
+
+def test_over_capacity_is_counted_each_time_and_logged_once_a_minute(stub, caplog):
+    engine, scheduler = stub
+    engine.release()
+    underruns = metrics.UNDERRUNS._value.get()  # noqa: SLF001
+    for n in range(3):
+        late = Listener(f"late-{n}", dry_in=-1.0)  # its caller ran out of audio a second ago, mid-reply
+        scheduler.submit(late, ["more words"], opens_reply=False)
+        assert scheduler.wait_drained(late, 5)
+    assert metrics.UNDERRUNS._value.get() - underruns == 3  # noqa: SLF001
+    assert caplog.text.count("over capacity") == 1
