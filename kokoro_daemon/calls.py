@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ import numpy as np
 from . import metrics
 from .outputs import BoundedWriter, ProcessorWriter, ReplyWriter
 from .protocol import encode_frame
+from .telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,17 @@ class Routing:
     hold_seconds: float = 30.0
 
 
+@dataclass(frozen=True)
+class CallStatus:
+    """A call as /health and the operator page show it."""
+    call_id: str
+    link: str                          # "dial-in" | "dial-out" | "reply" | "waiting"
+    state: str                         # "speaking" | "idle" | "linking"
+    lead_s: float
+    replies: int
+    last_first_audio_s: float | None   # text received -> first audio out, last reply
+
+
 def resample(audio: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
     """Band-limited resampling (soxr, high quality) for telephony output rates."""
     if rate_in == rate_out or audio.size == 0:
@@ -44,9 +57,13 @@ def resample(audio: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
 class Call:
     """One phone call: its queued segments, its chunk-id counter, and its two possible destinations."""
 
-    def __init__(self, call_id: str, routing: Routing):
+    def __init__(self, call_id: str, routing: Routing, telemetry: Telemetry | None = None):
         self.call_id = call_id
         self.routing = routing
+        self.telemetry = telemetry or Telemetry()
+        self.replies = 0
+        self.last_first_audio_s: float | None = None
+        self._reply_text_at: float | None = None
         port = routing.processor_base_port + int(call_id) if call_id.isascii() and call_id.isdigit() else None
         self.processor_port = port if port is not None and port <= 65535 else None
         self.pending: deque = deque()        # Segments, guarded by the scheduler
@@ -91,6 +108,31 @@ class Call:
                 return
             destination.put(encode_frame(samples, self.routing.output_rate, self._next_chunk_id))
             self._next_chunk_id += 1
+            if self._reply_text_at is not None:
+                self.last_first_audio_s = time.monotonic() - self._reply_text_at
+                self._reply_text_at = None
+                self.replies += 1
+                self.telemetry.record_first_audio(self.call_id, self.last_first_audio_s)
+
+    def text_arrived(self) -> None:
+        """Text of a new reply came in: its first audio is timed from the first chunk."""
+        with self._lock:
+            if self._reply_text_at is None:
+                self._reply_text_at = time.monotonic()
+
+    def lead_s(self) -> float:
+        """Seconds of audio sent ahead of playout; this service does not track playout yet."""
+        return 0.0
+
+    def status(self) -> CallStatus:
+        with self._lock:
+            destination = self._destination()
+        link = "waiting" if destination is None else "dial-out" if destination is self.processor else "reply"
+        if link == "dial-out" and self.processor.sock is None:
+            state = "linking"
+        else:
+            state = "speaking" if self.pending or self.in_flight else "idle"
+        return CallStatus(self.call_id, link, state, self.lead_s(), self.replies, self.last_first_audio_s)
 
     def attach_reply(self, writer: ReplyWriter) -> ReplyWriter | None:
         with self._lock:
@@ -128,9 +170,10 @@ class Call:
 class CallRegistry:
     """call_id -> Call, shared by the TCP handlers, the UDP handler and the scheduler."""
 
-    def __init__(self, routing: Routing, scheduler):
+    def __init__(self, routing: Routing, scheduler, telemetry: Telemetry | None = None):
         self.routing = routing
         self.scheduler = scheduler
+        self.telemetry = telemetry or Telemetry()
         self._calls: dict[str, Call] = {}
         self._lock = threading.Lock()
 
@@ -142,11 +185,16 @@ class CallRegistry:
         with self._lock:
             return len(self._calls)
 
+    def snapshot(self) -> list[CallStatus]:
+        with self._lock:
+            calls = list(self._calls.values())
+        return [call.status() for call in calls]
+
     def _get_or_create(self, call_id: str) -> Call:
         with self._lock:
             call = self._calls.get(call_id)
             if call is None:
-                call = self._calls[call_id] = Call(call_id, self.routing)
+                call = self._calls[call_id] = Call(call_id, self.routing, self.telemetry)
             return call
 
     def open(self, call_id: str, writer: ReplyWriter) -> Call:

@@ -24,6 +24,7 @@ from .protocol import BYE_BYTES, Bye, PeerClosed, ProtocolError, parse_datagram,
 from .scheduler import Scheduler
 from .segmenter import SentenceSegmenter
 from .synthesis import AudioCache, Synthesizer
+from .telemetry import Telemetry
 from .voices import Voice, VoiceLibrary
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,8 @@ class ReplyText:
         return self.segmenter.pending
 
     def add(self, call, text: str) -> None:
+        if self.opens_reply:
+            call.text_arrived()
         self._submit(call, self.segmenter.add_chunk(text))
 
     def flush(self, call) -> None:
@@ -237,6 +240,7 @@ class KokoroService:
         self.synthesizer: Synthesizer | None = None
         self.scheduler: Scheduler | None = None
         self.registry: CallRegistry | None = None
+        self.telemetry = Telemetry()
         self._tcp: _TCPServer | None = None
         self._udp: _UDPServer | None = None
         self._threads: list[threading.Thread] = []
@@ -274,9 +278,10 @@ class KokoroService:
             phonemizer = self.g2p.get(voice.lang)
             engine_ready.result()
         self.voice_setting = VoiceSetting(voice, cfg.speed)
-        self.synthesizer = Synthesizer(self.engine, self.g2p, AudioCache(int(cfg.cache_mb * 1024 * 1024)))
+        self.synthesizer = Synthesizer(self.engine, self.g2p, AudioCache(int(cfg.cache_mb * 1024 * 1024)),
+                                       self.telemetry)
         self.scheduler = Scheduler(self.synthesizer, self.voice_setting.get)
-        self.registry = CallRegistry(cfg.routing, self.scheduler)
+        self.registry = CallRegistry(cfg.routing, self.scheduler, self.telemetry)
         self._tcp = _TCPServer((cfg.host, cfg.tcp_port), self)
         self._udp = _UDPServer((cfg.host, cfg.udp_port), self)
         self.scheduler.start()

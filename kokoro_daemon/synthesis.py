@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 
 import numpy as np
@@ -10,6 +11,7 @@ import numpy as np
 from . import metrics
 from .engines import Engine
 from .g2p import G2PRegistry
+from .telemetry import Telemetry
 from .voices import Voice
 
 log = logging.getLogger(__name__)
@@ -67,10 +69,11 @@ class AudioCache:
 class Synthesizer:
     """Speaks one segment at a time; the engine lock is held for one model call, never across I/O."""
 
-    def __init__(self, engine: Engine, g2p: G2PRegistry, cache: AudioCache):
+    def __init__(self, engine: Engine, g2p: G2PRegistry, cache: AudioCache, telemetry: Telemetry | None = None):
         self.engine = engine
         self.g2p = g2p
         self.cache = cache
+        self.telemetry = telemetry or Telemetry()
         self.engine_lock = threading.Lock()
 
     def phonemize(self, text: str, voice: Voice) -> str:
@@ -84,7 +87,9 @@ class Synthesizer:
             return audio
         phonemes = self.phonemize(text, voice)
         with self.engine_lock:
+            started = time.perf_counter()
             audio = self.engine.synthesize(phonemes, voice.pack, speed)
+            self.telemetry.record_engine_busy(time.perf_counter() - started)
         audio = trim_silence(audio, self.engine.sample_rate)
         metrics.SEGMENTS_SYNTHESIZED.inc()
         self.cache.put(key, audio)
