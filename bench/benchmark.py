@@ -75,14 +75,17 @@ def free_port(kind: int) -> int:
 # -- the service as a subprocess ------------------------------------------------------
 
 class ServiceProcess:
-    """``kokoro_service.py`` on free ports; its stderr is kept (and saved) to see when it is ready."""
+    """``kokoro_service.py`` on free ports; its stderr is kept (and saved) to see when it is ready.
+
+    Its HTTP API is off unless ``http`` (then on ``http_port``)."""
 
     def __init__(self, voices_dir: Path, log_path: Path, cache_mb: float | None,
-                 engine_args: tuple[str, ...] = ("--engine", "onnx")):
+                 engine_args: tuple[str, ...] = ("--engine", "onnx"), http: bool = False):
         self.tcp_port = free_port(socket.SOCK_STREAM)
+        self.http_port = free_port(socket.SOCK_STREAM) if http else 0
         command = [sys.executable, str(ROOT / "kokoro_service.py"), *engine_args, "--device", "cpu",
                    "-t", str(self.tcp_port), "-u", str(free_port(socket.SOCK_DGRAM)),
-                   "--voices-dir", str(voices_dir)]
+                   "--http-port", str(self.http_port), "--voices-dir", str(voices_dir)]
         if cache_mb is not None:
             command += ["--cache-mb", str(cache_mb)]
         self.log_path = log_path

@@ -57,6 +57,9 @@ def resample(audio: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
 class Call:
     """One phone call: its queued segments, its chunk-id counter, and its two possible destinations."""
 
+    priority = 0   # phone calls come before HTTP requests
+    voice = None   # spoken in the service's current voice
+
     def __init__(self, call_id: str, routing: Routing, telemetry: Telemetry | None = None):
         self.call_id = call_id
         self.routing = routing

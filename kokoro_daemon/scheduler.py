@@ -110,7 +110,7 @@ class Scheduler:
             call, text = work
             try:
                 if not call.ended.is_set():
-                    voice, speed = self.current_voice()
+                    voice, speed = call.voice or self.current_voice()
                     audio = self.synthesizer.speak(text, voice, speed)
                     if not call.ended.is_set():
                         call.deliver(audio, self.synthesizer.engine.sample_rate)

@@ -19,6 +19,7 @@ from . import metrics
 from .calls import CallRegistry, Routing
 from .engines import Engine, create_engine
 from .g2p import G2PRegistry
+from .http_server import HttpServer
 from .outputs import ReplyWriter
 from .protocol import BYE_BYTES, Bye, PeerClosed, ProtocolError, parse_datagram, read_hello, read_message
 from .scheduler import Scheduler
@@ -51,6 +52,9 @@ class ServiceConfig:
     idle_flush_s: float = 0.25
     hub_download: bool = False
     routing: Routing = field(default_factory=Routing)
+    http_port: int | None = None   # None: no HTTP API; 0: any free port
+    api_key: str | None = None
+    db: str | None = None          # the phone system's settings, where the operator page writes voice and speed
 
 
 class VoiceSetting:
@@ -241,6 +245,8 @@ class KokoroService:
         self.scheduler: Scheduler | None = None
         self.registry: CallRegistry | None = None
         self.telemetry = Telemetry()
+        self.started_at: float | None = None
+        self.http: HttpServer | None = None
         self._tcp: _TCPServer | None = None
         self._udp: _UDPServer | None = None
         self._threads: list[threading.Thread] = []
@@ -282,6 +288,8 @@ class KokoroService:
                                        self.telemetry)
         self.scheduler = Scheduler(self.synthesizer, self.voice_setting.get)
         self.registry = CallRegistry(cfg.routing, self.scheduler, self.telemetry)
+        if cfg.http_port is not None:
+            self.http = HttpServer(self, cfg.host, cfg.http_port, cfg.api_key)
         self._tcp = _TCPServer((cfg.host, cfg.tcp_port), self)
         self._udp = _UDPServer((cfg.host, cfg.udp_port), self)
         self.scheduler.start()
@@ -289,8 +297,13 @@ class KokoroService:
             thread = threading.Thread(target=server.serve_forever, name=f"{name}-listener", daemon=True)
             thread.start()
             self._threads.append(thread)
-        log.info("ready in %.1f s: LLaMA TCP %s:%d, registration UDP %s:%d; engine %s on %s; voice %s (%s phonemes); "
-                 "audio %d Hz, routing %s", time.monotonic() - started, *self.tcp_address, *self.udp_address,
+        self.started_at = time.time()
+        http = ""
+        if self.http is not None:
+            self.http.start()
+            http = "; HTTP %s:%d" % self.http.address
+        log.info("ready in %.1f s: LLaMA TCP %s:%d, registration UDP %s:%d%s; engine %s on %s; voice %s (%s phonemes); "
+                 "audio %d Hz, routing %s", time.monotonic() - started, *self.tcp_address, *self.udp_address, http,
                  self.engine.name, self.engine.device, voice.spec, phonemizer.backend,
                  cfg.routing.output_rate, cfg.routing.mode)
 
@@ -304,6 +317,8 @@ class KokoroService:
     def stop(self) -> None:
         if self.stopped.is_set():
             return
+        if self.http is not None:
+            self.http.stop()
         for server in (self._tcp, self._udp):
             if server is not None:
                 server.shutdown()

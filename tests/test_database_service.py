@@ -38,6 +38,7 @@ class Daemon:
     log_path: Path
     address: tuple[str, int]
     statuses: list[str]
+    http_port: int
 
     @property
     def log(self) -> str:
@@ -58,11 +59,11 @@ def daemon(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("daemon")
     db_path, log_path = tmp / "system.db", tmp / "daemon.log"
     ConfigDB(db_path).set_kokoro_enabled(False)
-    tcp_port, udp_port = free_port(), free_port()
+    tcp_port, udp_port, http_port = free_port(), free_port(), free_port()
     with open(log_path, "w") as log:
         proc = subprocess.Popen([*SERVICE, "--engine", "onnx", "--device", "cpu", "-t", str(tcp_port),
-                                 "-u", str(udp_port), "--voices-dir", str(VOICES_DIR), "--db", str(db_path),
-                                 "--force"], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                 "-u", str(udp_port), "--http-port", str(http_port), "--voices-dir", str(VOICES_DIR),
+                                 "--db", str(db_path), "--force"], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
     db, statuses = ConfigDB(db_path), []
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -73,7 +74,7 @@ def daemon(tmp_path_factory):
         if status == "running":
             break
         time.sleep(0.05)
-    daemon = Daemon(proc, db_path, log_path, ("127.0.0.1", tcp_port), statuses)
+    daemon = Daemon(proc, db_path, log_path, ("127.0.0.1", tcp_port), statuses, http_port)
     try:
         yield daemon
     finally:
