@@ -1,4 +1,4 @@
-"""The HTTP API, served by aiohttp on a thread and event loop of their own."""
+"""The HTTP API and the operator page, served by aiohttp on a thread and event loop of their own."""
 from __future__ import annotations
 
 import asyncio
@@ -7,6 +7,7 @@ import threading
 
 from aiohttp import web
 
+from . import operator_page
 from .http_api import HttpApi
 
 SHUTDOWN_GRACE_S = 2.0
@@ -18,7 +19,9 @@ class HttpServer:
     def __init__(self, service, host: str, port: int, api_key: str | None = None):
         self._sock = socket.create_server((host, port))
         self._loop = asyncio.new_event_loop()
-        self._runner = web.AppRunner(HttpApi(service, api_key).app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S)
+        app = HttpApi(service, api_key).app
+        operator_page.add_routes(app, service)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S)
         self._thread = threading.Thread(target=self._loop.run_forever, name="http", daemon=True)
 
     @property

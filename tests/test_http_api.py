@@ -195,7 +195,7 @@ def test_models_voices_health_and_metrics(http_service, client):
 def test_api_key_guards_every_route_but_health(engine, g2p):
     with running_service(engine, g2p, http_port=0, api_key="s3cret") as service:
         assert get(service, "/health")[0] == 200
-        for path in ("/v1/models", "/v1/audio/voices", "/metrics"):
+        for path in ("/v1/models", "/v1/audio/voices", "/metrics", "/api/status"):
             assert get(service, path)[0] == 401, path
             assert get(service, path, key="wrong")[0] == 401, path
             assert get(service, path, key="s3cret")[0] == 200, path
