@@ -109,16 +109,17 @@ class Call:
                     self._warned_unroutable = True
                 metrics.FRAMES_DROPPED.labels("no_destination").inc()
                 return
-            destination.put(encode_frame(samples, self.routing.output_rate, self._next_chunk_id))
-            self._next_chunk_id += 1
             if self._reply_text_at is not None:
                 self.last_first_audio_s = time.monotonic() - self._reply_text_at
                 self._reply_text_at = None
                 self.replies += 1
                 self.telemetry.record_first_audio(self.call_id, self.last_first_audio_s)
+            destination.put(encode_frame(samples, self.routing.output_rate, self._next_chunk_id))
+            self._next_chunk_id += 1
 
     def text_arrived(self) -> None:
-        """Text of a new reply came in: its first audio is timed from the first chunk."""
+        """Text came in. Unless a reply already awaits its first audio, it opens one, timed from here to that audio
+        (exact for the LLaMA client, which sends each reply as one chunk)."""
         with self._lock:
             if self._reply_text_at is None:
                 self._reply_text_at = time.monotonic()

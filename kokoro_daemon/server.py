@@ -93,8 +93,7 @@ class ReplyText:
         return self.segmenter.pending
 
     def add(self, call, text: str) -> None:
-        if self.opens_reply:
-            call.text_arrived()
+        call.text_arrived()
         self._submit(call, self.segmenter.add_chunk(text))
 
     def flush(self, call) -> None:

@@ -41,3 +41,13 @@ def test_a_live_call_shows_its_link_state_and_first_audio(service):
         call.read_until_bye()
     assert all(s.call_id != "6101" for s in service.registry.snapshot())
     assert any(v is not None for v in service.telemetry.history()["first_audio_max"])
+
+
+def test_each_reply_on_a_kept_connection_is_timed(service):
+    """The LLaMA client keeps its connection and sends each reply whole, never BYE."""
+    with LlamaClient(service.tcp_address, "6102") as call:
+        for n, text in enumerate(("Good morning.", "Of course.", "Goodbye now.")):
+            call.text(text)
+            call.read_frame()
+            status = next(s for s in service.registry.snapshot() if s.call_id == "6102")
+            assert status.replies == n + 1
