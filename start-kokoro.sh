@@ -22,6 +22,9 @@ for var in KOKORO_TCP_PORT KOKORO_UDP_PORT KOKORO_PROCESSOR_BASE_PORT KOKORO_MET
         die "$var='$value' is not a port number (1-65535)"
     fi
 done
+if [[ -n "${KOKORO_HTTP_PORT:-}" ]] && ! [[ "$KOKORO_HTTP_PORT" =~ ^[0-9]+$ && "$KOKORO_HTTP_PORT" -le 65535 ]]; then
+    die "KOKORO_HTTP_PORT='$KOKORO_HTTP_PORT' is not a port number (1-65535, or 0 to turn HTTP off)"
+fi
 if [[ -n "${KOKORO_DEVICE:-}" && ! "$KOKORO_DEVICE" =~ ^(mps|cuda|cpu)$ ]]; then
     die "KOKORO_DEVICE='$KOKORO_DEVICE' must be mps, cuda or cpu"
 fi

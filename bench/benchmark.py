@@ -78,16 +78,18 @@ def free_port(kind: int) -> int:
 class ServiceProcess:
     """``kokoro_service.py`` on free ports; its stderr is kept (and saved) to see when it is ready.
 
-    ``extra_args`` go on its command line; ``on_line`` sees every log line as it comes.
+    ``extra_args`` go on its command line; ``on_line`` sees every log line as it comes. Its HTTP API is
+    off unless ``http`` (then on ``http_port``).
     """
 
     def __init__(self, voices_dir: Path, log_path: Path, cache_mb: float | None,
                  engine_args: tuple[str, ...] = ("--engine", "onnx"), extra_args: tuple[str, ...] = (),
-                 on_line: Callable[[str], None] | None = None):
+                 on_line: Callable[[str], None] | None = None, http: bool = False):
         self.tcp_port = free_port(socket.SOCK_STREAM)
+        self.http_port = free_port(socket.SOCK_STREAM) if http else 0
         command = [sys.executable, str(ROOT / "kokoro_service.py"), *engine_args, "--device", "cpu",
                    "-t", str(self.tcp_port), "-u", str(free_port(socket.SOCK_DGRAM)),
-                   "--voices-dir", str(voices_dir), *extra_args]
+                   "--http-port", str(self.http_port), "--voices-dir", str(voices_dir), *extra_args]
         if cache_mb is not None:
             command += ["--cache-mb", str(cache_mb)]
         self.log_path = log_path

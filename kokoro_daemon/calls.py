@@ -23,7 +23,7 @@ import numpy as np
 from . import metrics
 from .frames import Audio, FrameQueue, PlayoutClock
 from .linking import DialIn, DialOut, Linker
-from .protocol import BYE_BYTES, encode_frame, printable
+from .protocol import encode_frame, printable
 from .transports import LinkTransport, ReplyTransport, Transport
 
 log = logging.getLogger(__name__)
@@ -68,14 +68,15 @@ def processor_number(call_id: str, routing: Routing) -> int | None:
     return n if max(routing.processor_base_port, routing.announce_base_port) + n <= 65535 else None
 
 
-@dataclass
+@dataclass(frozen=True)
 class CallStatus:
+    """A call as /health and the operator page show it."""
     call_id: str
-    link: str
-    state: str
+    link: str                          # "dial-in" | "dial-out" | "reply" | "waiting"
+    state: str                         # "speaking" | "idle" | "linking"
     lead_s: float
     replies: int
-    last_first_audio_s: float | None
+    last_first_audio_s: float | None   # text received -> first audio out, last reply
 
 
 @dataclass
@@ -384,10 +385,6 @@ class Call:
         """True once every frame queued so far has been written (or dropped)."""
         with self._cond:
             return self._cond.wait_for(lambda: not len(self._frames) and self._writer is None, timeout)
-
-    def send_bye_back(self, transport: ReplyTransport) -> None:
-        """The Piper service's answer to a TCP BYE: 0xFFFFFFFF once the reply audio is out."""
-        transport.send(BYE_BYTES, lambda: self.ended.is_set())
 
     # -- the end ------------------------------------------------------------------------------
     def finish(self, end_stream: bool) -> list[Linker]:

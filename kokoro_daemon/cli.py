@@ -116,8 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "[KOKORO_DB]")
     p.add_argument("--force", action="store_true", default=_flag("KOKORO_FORCE"),
                    help="start even when the database says the service is disabled [KOKORO_FORCE=1]")
+    p.add_argument("--http-port", type=int, default=_env("KOKORO_HTTP_PORT", 8091, int),
+                   help="HTTP port, on --host, of the OpenAI-compatible speech API, /health, /metrics and the "
+                        "operator page; 0 turns it off (default 8091) [KOKORO_HTTP_PORT]")
+    p.add_argument("--api-key", default=_env("KOKORO_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' on every HTTP route but /health (and the operator "
+                        "page's own files); prefer the variable, which 'ps' does not show [KOKORO_API_KEY]")
     p.add_argument("--metrics-port", type=int, default=_env("KOKORO_METRICS_PORT", None, int),
-                   help="serve Prometheus metrics on this port (default off) [KOKORO_METRICS_PORT]")
+                   help="serve Prometheus metrics on this port as well as at /metrics on --http-port (default off) "
+                        "[KOKORO_METRICS_PORT]")
     p.add_argument("--log-level", default=_env("KOKORO_LOG_LEVEL", "INFO"),
                    choices=("DEBUG", "INFO", "WARNING", "ERROR"), type=str.upper,
                    help="log level (default INFO) [KOKORO_LOG_LEVEL]")
@@ -185,7 +192,7 @@ def config_from_args(args, db: ConfigDB | None) -> ServiceConfig:
                          cache_mb=args.cache_mb, hub_download=args.hub_download, schedule=args.schedule,
                          engine_workers=args.engine_workers,
                          allow_from=tuple(net.strip() for net in args.allow_from.split(",") if net.strip()),
-                         routing=routing)
+                         routing=routing, http_port=args.http_port or None, api_key=args.api_key, db=args.db)
 
 
 def apply_db_changes(service: KokoroService, changes: dict[str, str]) -> None:

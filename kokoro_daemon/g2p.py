@@ -17,6 +17,9 @@ log = logging.getLogger(__name__)
 
 ESPEAK_LANGUAGES = {"a": "en-us", "b": "en-gb", "e": "es", "f": "fr-fr", "h": "hi", "i": "it", "p": "pt-br"}
 _EXTRAS = {"j": ("misaki[ja]", "Japanese"), "z": ("misaki[zh]", "Mandarin Chinese")}
+# Words misaki's English lexicon lacks or guesses wrong. The service's own name: misaki guesses
+# "kəkˈɔɹO", which listeners (and Whisper) take for another word.
+ENGLISH_WORDS = {"Kokoro": "kOkˈOɹO", "kokoro": "kOkˈOɹO"}
 
 
 class G2PUnavailable(RuntimeError):
@@ -53,7 +56,9 @@ def _build(lang: str, prefer_misaki: bool):
         from misaki import en, espeak
         british = lang == "b"
         if prefer_misaki and spacy_model_available():
-            return "misaki", en.G2P(trf=False, british=british, fallback=espeak.EspeakFallback(british=british), unk="")
+            g2p = en.G2P(trf=False, british=british, fallback=espeak.EspeakFallback(british=british), unk="")
+            g2p.lexicon.golds.update(ENGLISH_WORDS)
+            return "misaki", g2p
         if prefer_misaki:
             log.warning("spaCy model en_core_web_sm is not installed; English phonemes come from espeak")
         return "espeak", espeak.EspeakG2P(language=ESPEAK_LANGUAGES[lang])

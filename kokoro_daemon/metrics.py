@@ -1,6 +1,6 @@
 """Counters for everything the service drops or refuses, so no loss is silent, and gauges of its load.
 
-Exposed over HTTP with ``--metrics-port``; tests read them from the default registry.
+Served at ``/metrics`` on the HTTP port (and on ``--metrics-port``); tests read them from the default registry.
 """
 from weakref import WeakSet
 
@@ -16,6 +16,8 @@ SEGMENTS_SILENT = Counter("kokoro_segments_silent_total", "Segments skipped beca
 TEXT_DROPPED = Counter("kokoro_text_dropped_total", "Characters of accepted or offered text never spoken", ["reason"])
 CACHE_HITS = Counter("kokoro_cache_hits_total", "Segments served from the audio cache")
 PROTOCOL_ERRORS = Counter("kokoro_protocol_errors_total", "Connections or datagrams refused for bad input", ["kind"])
+HTTP_SPEECH = Counter("kokoro_http_speech_total", "Speech requests answered in full over HTTP", ["format"])
+HTTP_ERRORS = Counter("kokoro_http_errors_total", "HTTP requests answered with an error", ["status"])
 ACTIVE_CONNECTIONS = Gauge("kokoro_llama_connections", "Open LLaMA connections")
 LINKS = Counter("kokoro_processor_links_total", "Processor links made", ["kind"])
 UNDERRUNS = Counter("kokoro_underruns_total", "Times a caller ran out of audio mid-reply while the engine was busy")

@@ -23,6 +23,7 @@ from . import metrics
 from .calls import Call, CallRegistry, Routing
 from .engines import Engine, create_engine
 from .g2p import G2PRegistry
+from .http_server import HttpServer
 from .protocol import Bye, PeerClosed, ProtocolError, parse_datagram, printable, read_hello, read_message
 from .scheduler import Scheduler
 from .segmenter import SentenceSegmenter
@@ -64,6 +65,9 @@ class ServiceConfig:
     engine_threads: int | None = None
     allow_from: tuple[str, ...] = LOOPBACK
     routing: Routing = field(default_factory=Routing)
+    http_port: int | None = None   # None: no HTTP API; 0: any free port
+    api_key: str | None = None
+    db: str | None = None          # the phone system's settings, where the operator page writes voice and speed
 
 
 class VoiceSetting:
@@ -235,15 +239,19 @@ class LlamaHandler(socketserver.BaseRequestHandler):
             text.add(self.call, message.text)
 
     def _finish_after_bye(self, call: Call, transport: ReplyTransport, text: ReplyText) -> None:
-        """Speak everything accepted, then send BYE back (as the Piper service did) and end the call."""
+        """Speak everything accepted, end the call, then send BYE back (as the Piper service did).
+
+        The call is let go before BYE goes out, so a client that reconnects with the same call_id
+        the moment it reads BYE starts a new call.
+        """
         service = self.server.service
         log.info("call %s: BYE; finishing its audio", call.label)
         text.flush(call)
         service.scheduler.wait_drained(call)
         call.wait_sent()
-        call.send_bye_back(transport)
         if call.detach_reply(transport):
             service.registry.end(call, "BYE from LLaMA")
+        transport.send_bye()
 
 
 class RegistrationHandler(socketserver.BaseRequestHandler):
@@ -318,6 +326,7 @@ class KokoroService:
         self.scheduler: Scheduler | None = None
         self.registry: CallRegistry | None = None
         self.started_at: float | None = None
+        self.http: HttpServer | None = None
         self._allowed = [ipaddress.ip_network(net, strict=False) for net in config.allow_from]
         self._servers: list[socketserver.BaseServer] = []
         self._serving: list[socketserver.BaseServer] = []
@@ -380,17 +389,23 @@ class KokoroService:
         except OSError as exc:
             raise OSError(exc.errno, f"UDP port {cfg.host}:{cfg.udp_port} for REGISTER/BYE is not free ({exc.strerror}); "
                                      "is another service running?") from None
+        if cfg.http_port is not None:
+            self.http = HttpServer(self, cfg.host, cfg.http_port, cfg.api_key)
         self.scheduler.start()
         for name, server in zip(("tcp", "udp"), self._servers):
             threading.Thread(target=server.serve_forever, name=f"{name}-listener", daemon=True).start()
             self._serving.append(server)
         self.started_at = time.time()
         metrics.SERVICES.add(self)
+        http = ""
+        if self.http is not None:
+            self.http.start()
+            http = "; HTTP %s:%d" % self.http.address
         r = cfg.routing
-        log.info("ready in %.1f s: LLaMA TCP %s:%d, registration UDP %s:%d (from %s); engine %s on %s, %d worker(s), "
+        log.info("ready in %.1f s: LLaMA TCP %s:%d, registration UDP %s:%d (from %s)%s; engine %s on %s, %d worker(s), "
                  "%s schedule; voice %s (%s phonemes); audio %d Hz, routing %s, processor link %s (ports %d+N, "
                  "announce %d+N); %d open files allowed", time.monotonic() - started, *self.tcp_address,
-                 *self.udp_address, ", ".join(cfg.allow_from), self.engine.name, self.engine.device, len(engines),
+                 *self.udp_address, ", ".join(cfg.allow_from), http, self.engine.name, self.engine.device, len(engines),
                  cfg.schedule, voice.spec, phonemizer.backend, r.output_rate, r.mode, r.link, r.processor_base_port,
                  r.announce_base_port, files)
 
@@ -409,6 +424,8 @@ class KokoroService:
         """Stop serving and end every call; safe after a start that failed part-way."""
         if self.stopped.is_set():
             return
+        if self.http is not None:
+            self.http.stop()
         for server in self._serving:
             server.shutdown()
         for server in self._servers:

@@ -13,7 +13,7 @@ import struct
 import time
 from typing import Callable
 
-from .protocol import END_OF_STREAM_HEADER
+from .protocol import BYE_BYTES, END_OF_STREAM_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,11 @@ class Transport:
 
 class ReplyTransport(Transport):
     """Frames back on the LLaMA connection they answer; only read by test clients, never closed here."""
+
+    def send_bye(self, within_s: float = LINK_SEND_TIMEOUT_S) -> None:
+        """The Piper service's answer to a TCP BYE: 0xFFFFFFFF, once the reply audio is out."""
+        deadline = time.monotonic() + within_s
+        self.send(BYE_BYTES, lambda: time.monotonic() > deadline)
 
 
 class LinkTransport(Transport):

