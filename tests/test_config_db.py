@@ -12,7 +12,7 @@ from contextlib import closing
 
 import pytest
 
-from kokoro_daemon.config_db import DEFAULTS, SERVICE_STATUSES, ConfigDB, ConfigWatcher
+from kokoro_daemon.config_db import DEFAULTS, SERVICE_STATUSES, ConfigDB, ConfigWatcher, StatusReporter
 
 POLL_S = 0.05
 WAIT_S = 5.0
@@ -282,6 +282,51 @@ def test_watcher_survives_database_locked_by_another_process(db_path, watch, cap
         locker.communicate()
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings and "locked" in warnings[0].getMessage()
+
+
+def test_watcher_starts_while_the_database_cannot_be_read(db_path, db, watch, caplog):
+    config = ConfigDB(db_path, busy_timeout_s=0.2)
+    locker = start_other_process(db_path, """
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("PRAGMA locking_mode=EXCLUSIVE")
+        conn.execute("BEGIN EXCLUSIVE")
+        conn.execute("UPDATE system_config SET value = 'bm_george' WHERE key = 'kokoro_voice'")
+        conn.execute("COMMIT")
+        print("locked", flush=True)
+        time.sleep(60)  # until killed
+    """)
+    try:
+        assert locker.stdout.readline().strip() == "locked"
+        recorder = Recorder()
+        watch(recorder, config=config)  # the baseline cannot be read: no exception, an error line
+        assert any("locked" in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
+    finally:
+        locker.kill()
+        locker.communicate()
+    time.sleep(3 * POLL_S)  # the first read that works becomes the baseline
+    db.set_kokoro_voice("af_bella")
+    assert recorder.wait_for("kokoro_voice", "af_bella") == {"kokoro_voice": "af_bella"}
+
+
+def test_status_reporter_writes_the_latest_status_once_the_lock_is_gone(db_path, caplog):
+    config = ConfigDB(db_path, busy_timeout_s=0.2)
+    reporter = StatusReporter(config, retry_s=0.05)
+    locker = sqlite3.connect(db_path, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        assert reporter.report("running") is False
+        assert reporter.report("stopped") is False
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    deadline = time.monotonic() + WAIT_S
+    while config.get_kokoro_service_status() != "stopped" and time.monotonic() < deadline:
+        time.sleep(POLL_S)
+    reporter.close()
+    assert config.get_kokoro_service_status() == "stopped"
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "'running'" in errors[0] and "locked" in errors[0], errors
+    assert reporter.report("running") is True
 
 
 def test_stress_with_concurrent_writer_process(db_path, db, watch, caplog):
