@@ -74,7 +74,9 @@ class SentenceSegmenter:
         initial, a URL or "42." before "50") waits for more text or finish().
         """
         self._buf += text
-        self._run = (0, 0, -1)  # a run at the old end may go on
+        # A word or a run of marks at the old end may go on: read them again.
+        self._known_to = self._read_at
+        self._run = (0, 0, -1)
         return self._drain(final=False)
 
     def finish(self) -> list[str]:
@@ -164,7 +166,10 @@ class SentenceSegmenter:
                 found = self._clause_end(start)
             if found is _WAIT:
                 self._scan = start
-                return (len(buf), len(buf)) if final else (start, None)
+                if not final:
+                    return start, None
+                self._measure(len(buf))  # the rest is all one segment: is it over-long?
+                return len(buf), len(buf)
             if found is not None:
                 return found
         return len(buf), len(buf) if final else None

@@ -357,10 +357,22 @@ class BruteForce(SentenceSegmenter):
         self._known_to = end
 
 
-@settings(max_examples=400, deadline=None)
-@given(texts, options, st.data())
-def test_incremental_segmenting_matches_brute_force(text, kwargs, data):
-    cuts = data.draw(st.lists(st.integers(0, len(text)), max_size=10))
+# Short texts of what the rules look at, run together, cut often, against small limits: where
+# the bookkeeping across chunks, over-long cuts and endings that wait for more text meet.
+PIECES = ["Hello", "ab", "x" * 15, "Dr.", "a.m.", "42.", "!!", "...", ",", "“yes,”", "(", ")", "-", " ", "  ",
+          "\n", "\n-", "\n1", "\n\n"]
+dense_texts = st.one_of(st.lists(st.sampled_from(PIECES), max_size=12).map("".join),
+                        st.lists(st.text(alphabet="aB.!,”)", min_size=1, max_size=6), max_size=8).map(" ".join),
+                        st.text(alphabet="aB1 .!?…,;:—-\n\"'“”)(@/", max_size=60))
+small_options = st.fixed_dictionaries({"first_clause_min_chars": st.integers(0, 25), "max_chars": st.integers(1, 20)})
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.one_of(st.tuples(texts, options), st.tuples(dense_texts, small_options)), st.data())
+def test_incremental_segmenting_matches_brute_force(case, data):
+    text, kwargs = case
+    every = data.draw(st.integers(0, 3))  # 1 to 3: a chunk every so many characters, as a token stream
+    cuts = range(0, len(text), every) if every else data.draw(st.lists(st.integers(0, len(text)), max_size=12))
     chunks = chunked(text, cuts)
     fast, reference = SentenceSegmenter(**kwargs), BruteForce(**kwargs)
     for _ in range(2):  # a second reply on the same objects starts clean
