@@ -5,11 +5,12 @@ import argparse
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import threading
 
 from .calls import LINK_MODES, ROUTING_MODES, Routing
-from .config_db import ConfigDB, ConfigWatcher
+from .config_db import ConfigDB, ConfigWatcher, StatusReporter
 from .engines import ENGINE_CHOICES
 from .scheduler import SCHEDULES
 from .server import LOOPBACK, KokoroService, ServiceConfig, check_speed
@@ -209,12 +210,28 @@ def apply_db_changes(service: KokoroService, changes: dict[str, str]) -> None:
             log.error("database speed %r refused, keeping the current speed: %s", changes["kokoro_speed"], exc)
 
 
+def start_metrics(port: int, host: str) -> None:
+    """Serve Prometheus metrics; a port already taken costs the metrics, not the service."""
+    from prometheus_client import start_http_server
+    try:
+        start_http_server(port, addr=host)
+    except OSError as exc:
+        log.error("metrics port %s:%d unavailable (%s); serving without metrics", host, port, exc)
+    else:
+        log.info("metrics on http://%s:%d/metrics", host, port)
+
+
 def run(args) -> int:
-    db = ConfigDB(args.db) if args.db else None
-    if db is not None and not db.is_kokoro_enabled() and not args.force:
-        log.error("the service is disabled in %s (kokoro_service_enabled = false); "
-                  "enable it with 'kokoro_service.py db enable --db %s' or start with --force", args.db, args.db)
-        return EXIT_DISABLED
+    try:
+        db = ConfigDB(args.db) if args.db else None
+        if db is not None and not db.is_kokoro_enabled() and not args.force:
+            log.error("the service is disabled in %s (kokoro_service_enabled = false); "
+                      "enable it with 'kokoro_service.py db enable --db %s' or start with --force", args.db, args.db)
+            return EXIT_DISABLED
+    except sqlite3.Error as exc:
+        log.error("cannot read the database %s: %s", args.db, exc)
+        return 1
+    status = StatusReporter(db) if db is not None else None
     stop = threading.Event()
 
     def on_signal(signum, _frame):
@@ -223,31 +240,32 @@ def run(args) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)  # set before start-up, so a stop during it is still clean
     signal.signal(signal.SIGINT, on_signal)
-    if db is not None:
-        db.set_kokoro_service_status("starting")
+    if status is not None:
+        status.report("starting")
     try:
         config = config_from_args(args, db)
         service = KokoroService(config)
         service.start()
     except Exception as exc:
         log.error("failed to start: %s", exc, exc_info=log.isEnabledFor(logging.DEBUG))
-        if db is not None:
-            db.set_kokoro_service_status("error")
+        if status is not None:
+            status.report("error")
+            status.close()
         return 1
     if args.metrics_port:
-        from prometheus_client import start_http_server
-        start_http_server(args.metrics_port, addr=args.host)
+        start_metrics(args.metrics_port, args.host)
     watcher = None
     if db is not None:
-        db.set_kokoro_service_status("running")
+        status.report("running")
         watcher = ConfigWatcher(db, lambda changes: apply_db_changes(service, changes))
         watcher.start()
     stop.wait()
     if watcher is not None:
         watcher.stop()
     service.stop()
-    if db is not None:
-        db.set_kokoro_service_status("stopped")
+    if status is not None:
+        status.report("stopped")
+        status.close()
     return 0
 
 

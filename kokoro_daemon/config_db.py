@@ -148,16 +148,22 @@ class ConfigWatcher:
         self._interval_s = interval_s
         self._stop_event = threading.Event()
         self._thread: threading.Thread | None = None
-        self._last: dict[str, str] = {}
+        self._last: dict[str, str] | None = {}
 
     def start(self) -> None:
         """Take the baseline snapshot, then poll in a daemon thread.
 
-        A failing baseline read raises here, while the caller can still react.
+        If the baseline cannot be read (the file locked or unreadable), the first
+        snapshot that can be read becomes the baseline.
         """
         if self._thread is not None:
             raise RuntimeError("ConfigWatcher is already running")
-        self._last = self._db.snapshot()
+        try:
+            self._last = self._db.snapshot()
+        except sqlite3.Error as exc:
+            logger.error("Reading %s failed (%s: %s); changes are watched from the first read that works",
+                         self._db.path, type(exc).__name__, exc)
+            self._last = None
         self._stop_event.clear()
         self._thread = threading.Thread(
             target=self._run, name="kokoro-config-watcher", daemon=True
@@ -185,6 +191,10 @@ class ConfigWatcher:
                 self._db.path, type(exc).__name__, exc, self._interval_s,
             )
             return
+        if self._last is None:
+            logger.info("Reading %s works again; watching it for changes", self._db.path)
+            self._last = current
+            return
         changed = {k: v for k, v in current.items() if self._last.get(k) != v}
         # Move the baseline first, so a failing callback is not re-fed the same change.
         self._last = current
@@ -194,3 +204,71 @@ class ConfigWatcher:
             self._on_change(changed)
         except Exception:
             logger.exception("Config change handler failed for %s", sorted(changed))
+
+
+class StatusReporter:
+    """Keeps kokoro_service_status up to date without ever stopping the service.
+
+    The host may hold the file locked, or it may be read-only: a write that fails is
+    logged as an error once and retried in a daemon thread, with the latest status and
+    a growing delay, until it lands.
+    """
+
+    def __init__(self, db: ConfigDB, retry_s: float = 1.0, max_retry_s: float = 30.0):
+        self._db = db
+        self._retry_s = retry_s
+        self._max_retry_s = max_retry_s
+        self._lock = threading.Lock()  # guards _pending and _retrying
+        self._write_lock = threading.Lock()  # one write at a time, so an older status never lands last
+        self._pending: str | None = None
+        self._retrying = False
+        self._failing = False
+        self._closed = threading.Event()
+
+    def report(self, status: str) -> bool:
+        """Write ``status`` now if the database lets us; True when it is written."""
+        with self._lock:
+            self._pending = status
+        if self._write():
+            return True
+        with self._lock:
+            if self._pending is not None and not self._retrying:
+                self._retrying = True
+                threading.Thread(target=self._retry, name="kokoro-status-retry", daemon=True).start()
+        return False
+
+    def close(self) -> None:
+        """Stop retrying (at exit); a status still unwritten was logged when its write failed."""
+        self._closed.set()
+
+    def _write(self) -> bool:
+        with self._write_lock:
+            with self._lock:
+                status = self._pending
+            if status is None:
+                return True
+            try:
+                self._db.set_kokoro_service_status(status)
+            except sqlite3.Error as exc:
+                if not self._failing:
+                    logger.error("Writing status %r to %s failed (%s: %s); retrying in the background",
+                                 status, self._db.path, type(exc).__name__, exc)
+                self._failing = True
+                return False
+            if self._failing:
+                logger.info("Status %r written to %s", status, self._db.path)
+            self._failing = False
+            with self._lock:
+                if self._pending == status:
+                    self._pending = None
+            return True
+
+    def _retry(self) -> None:
+        delay = self._retry_s
+        while not self._closed.wait(delay):
+            if self._write():
+                with self._lock:
+                    if self._pending is None:
+                        self._retrying = False
+                        return
+            delay = min(delay * 2, self._max_retry_s)

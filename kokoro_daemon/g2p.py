@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from concurrent.futures import Future
 from typing import Callable
 
 from .normalize import normalize_english
@@ -80,16 +81,32 @@ def _build(lang: str, prefer_misaki: bool):
 
 
 class G2PRegistry:
-    """Builds each language's phonemizer once, on first use."""
+    """Builds each language's phonemizer once, on first use.
+
+    A build takes seconds (spaCy, espeak), so it runs outside the registry's lock: calls
+    for languages already built go on meanwhile, and callers asking for the language
+    being built wait for that one build. A failed build is not kept; the next call tries again.
+    """
 
     def __init__(self, prefer_misaki: bool = True):
         self.prefer_misaki = prefer_misaki
-        self._phonemizers: dict[str, Phonemizer] = {}
+        self._phonemizers: dict[str, Future] = {}
         self._lock = threading.Lock()
 
     def get(self, lang: str) -> Phonemizer:
         with self._lock:
-            if lang not in self._phonemizers:
-                self._phonemizers[lang] = Phonemizer(lang, self.prefer_misaki)
-                log.info("phonemizer for %r: %s", lang, self._phonemizers[lang].backend)
-            return self._phonemizers[lang]
+            future = self._phonemizers.get(lang)
+            builds = future is None
+            if builds:
+                future = self._phonemizers[lang] = Future()
+        if builds:
+            try:
+                phonemizer = Phonemizer(lang, self.prefer_misaki)
+            except BaseException as exc:
+                with self._lock:
+                    del self._phonemizers[lang]
+                future.set_exception(exc)
+                raise
+            log.info("phonemizer for %r: %s", lang, phonemizer.backend)
+            future.set_result(phonemizer)
+        return future.result()

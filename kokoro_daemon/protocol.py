@@ -47,13 +47,6 @@ class Bye:
     pass
 
 
-def printable(text: str, limit: int = 80) -> str:
-    """A peer-supplied string fit for one log line: control and invisible characters escaped, length capped."""
-    shown = text if len(text) <= limit else text[:limit]
-    escaped = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in shown)
-    return escaped + ("…" if len(text) > limit else "")
-
-
 def recv_exact(sock: socket.socket, size: int) -> bytes:
     """Read exactly ``size`` bytes however TCP segments them; EOF on the first byte is a clean close."""
     buf = bytearray()
@@ -141,9 +134,23 @@ def parse_datagram(data: bytes) -> tuple[str, str]:
     try:
         text = data.decode("utf-8").strip()
     except UnicodeDecodeError:
-        raise ValueError(f"datagram is not UTF-8: {data[:64]!r}") from None
+        raise ValueError(f"datagram of {len(data)} bytes is not UTF-8: {data[:64]!r}") from None
     command, sep, call_id = text.partition(":")
     call_id = call_id.strip()
     if not sep or command not in ("REGISTER", "BYE") or not call_id or len(call_id) > MAX_CALL_ID_BYTES:
-        raise ValueError(f"unrecognised datagram: {data[:64]!r}")
+        raise ValueError(f"unrecognised datagram of {len(data)} bytes: '{printable(text, 64)}'")
     return command, call_id
+
+
+def printable(text: str, limit: int = 80) -> str:
+    """``text`` from a peer, safe for one log line: newlines, control and other unprintable
+    characters (and backslashes) escaped as repr escapes them, cut after ``limit`` characters
+    of the result with an ellipsis. No more than ``limit`` + 1 characters of ``text`` are read."""
+    pieces, size = [], 0
+    for char in text:
+        piece = char if char.isprintable() and char != "\\" else repr(char)[1:-1]
+        size += len(piece)
+        if size > limit:
+            return "".join(pieces) + "…"
+        pieces.append(piece)
+    return "".join(pieces)

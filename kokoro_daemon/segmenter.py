@@ -34,13 +34,25 @@ _LIST_ITEM_PREFIX = re.compile(r"[-*•]|\d{1,3}[.)]?")
 _CLAUSE_IN_TEXT = re.compile(f"(?:[,;:—–]|(?<= )-)[{re.escape(_CLOSERS)}]*(?= )")
 _SPEAKABLE = re.compile(r"[^\W_]")
 _WORD = re.compile(r"\S+")
+_NONSPACE = re.compile(r"\S*")
+_TERMINAL_RUN = re.compile(f"[{_TERMINAL}]+")
 
 # Returned by the boundary checks when the text after a mark has not arrived.
 _WAIT = object()
 
 
 class SentenceSegmenter:
-    """Splits one reply at a time into segments short enough to speak."""
+    """Splits one reply at a time into segments short enough to speak.
+
+    Segmenting is linear in the text: while a segment's start stays put, the scan for
+    marks resumes where it stopped (a mark found not to end the segment stays so as text
+    arrives), the collapsed length that the first-clause and over-long rules need is
+    counted word by word as the scan goes, and nothing past the point where the segment
+    must be cut as over-long is read. A cut starts both afresh at the next segment. Each
+    chunk is appended to the text still undecided, so a flood of tiny chunks behind a
+    long undecided tail (spaces after "Dr.") costs that tail each time: callers bound it
+    with ``buffered_chars``.
+    """
 
     def __init__(self, first_clause_min_chars: int = 20, max_chars: int = 300):
         if max_chars < 1:
@@ -49,6 +61,9 @@ class SentenceSegmenter:
         self.max_chars = max_chars
         self._buf = ""
         self._first = True
+        self._silent_to = 0  # no speakable character in _buf before this
+        self._run = (0, 0, -1)  # a run of terminal marks read once: start, end, its last "!" or "?"
+        self._start_segment(0)
 
     def add_chunk(self, text: str) -> list[str]:
         """Append streamed text; return the segments that are now certainly complete, in order.
@@ -59,6 +74,9 @@ class SentenceSegmenter:
         initial, a URL or "42." before "50") waits for more text or finish().
         """
         self._buf += text
+        # A word or a run of marks at the old end may go on: read them again.
+        self._known_to = self._read_at
+        self._run = (0, 0, -1)
         return self._drain(final=False)
 
     def finish(self) -> list[str]:
@@ -68,35 +86,49 @@ class SentenceSegmenter:
         return segments
 
     @property
-    def buffered_chars(self) -> int:
-        """Characters received but not yet returned as segments."""
-        return len(self._buf)
-
-    @property
     def pending(self) -> bool:
         """True when text is buffered that finish() would return."""
-        return _SPEAKABLE.search(self._buf) is not None
+        found = _SPEAKABLE.search(self._buf, self._silent_to)
+        self._silent_to = found.start() if found else len(self._buf)
+        return found is not None
+
+    @property
+    def buffered_chars(self) -> int:
+        """Characters received and not yet returned in a segment (whitespace included)."""
+        return len(self._buf)
+
+    def _start_segment(self, pos: int) -> None:
+        """The next segment starts at ``pos``: nothing is known yet about the text after it."""
+        self._pos = self._scan = self._read_at = self._known_to = pos
+        self._read_len = 0  # length of _buf[pos:_read_at] with its whitespace collapsed
+        self._clause_at = pos if self.first_clause_min_chars <= 0 else None
+        self._overlong_at: int | None = None
 
     def _drain(self, final: bool) -> list[str]:
         segments = []
-        while self._buf:
+        while self._pos < len(self._buf):
             cut = self._next_cut(final)
             if cut is None:
                 break
             end, resume = cut
-            segment = " ".join(self._buf[:end].split())
-            self._buf = self._buf[resume:]
+            segment = " ".join(self._buf[self._pos : end].split())
+            self._start_segment(resume)
             if _SPEAKABLE.search(segment):
                 segments.append(segment)
                 self._first = False
+        if self._pos:
+            self._buf = self._buf[self._pos :]
+            self._silent_to = 0
+            self._run = (0, 0, -1)
+            self._start_segment(0)
         return segments
 
     def _next_cut(self, final: bool) -> tuple[int, int] | None:
         end, resume = self._find_boundary(final)
         # Text up to `end` belongs to the next segment whatever follows, so an
         # over-long sentence can be cut before its end arrives.
-        split = self._overlong_split(self._buf[:end])
-        if split is not None:
+        if self._overlong_at is not None and end >= self._overlong_at:
+            split = self._overlong_split()
             return split, split
         return None if resume is None else (end, resume)
 
@@ -104,48 +136,104 @@ class SentenceSegmenter:
         """Return (end, resume) of the next segment, or (safe, None) while a mark awaits more text.
 
         No boundary can come before `safe`, which bounds what the over-long
-        check may count as part of the segment.
+        check may count as part of the segment. Marks are looked for only where
+        the text is measured, and not at all past the point where it is over-long.
         """
-        safe = len(self._buf)
-        for m in _CANDIDATE.finditer(self._buf):
-            mark = m.group()
-            if mark == "\n":
-                found = self._line_break(m.start())
-            elif mark[0] in _TERMINAL:
-                found = self._sentence_end(m)
-            elif self._first:
-                found = self._clause_end(m)
-            else:
+        buf, i, ahead = self._buf, self._scan, 1
+        self._measure(i + ahead)
+        while True:
+            limit = self._known_to if self._overlong_at is None else self._overlong_at
+            m = _CANDIDATE.search(buf, i, limit)
+            if m is None:
+                self._scan = i = limit
+                if limit == len(buf) or self._overlong_at is not None:
+                    break
+                ahead *= 2  # read on as far again as the scan has gone without a mark
+                self._measure(limit + ahead)
                 continue
+            start = m.start()
+            if buf[start] in _TERMINAL:
+                i, exclaims = self._terminal_run(start)
+                found = self._sentence_end(start, i, exclaims)
+            elif buf[start] == "\n":
+                i = start + 1
+                found = self._line_break(start)
+            else:
+                i = start + 1
+                # A segment's first character has nothing before it to space a dash off.
+                if not self._first or (start == self._pos and buf[start] == "-"):
+                    continue
+                found = self._clause_end(start)
             if found is _WAIT:
-                safe = m.start()
-                break
+                self._scan = start
+                if not final:
+                    return start, None
+                self._measure(len(buf))  # the rest is all one segment: is it over-long?
+                return len(buf), len(buf)
             if found is not None:
                 return found
-        if final:
-            return len(self._buf), len(self._buf)
-        return safe, None
+        return len(buf), len(buf) if final else None
 
-    def _sentence_end(self, m: re.Match):
-        buf, run = self._buf, m.group()
-        end = _CLOSING.match(buf, m.end()).end()
+    def _measure(self, upto: int) -> None:
+        """Count the segment's collapsed length word by word until past ``upto``.
+
+        Notes where it first reaches first_clause_min_chars and where it first
+        exceeds max_chars; reads no word further than that.
+        """
+        buf = self._buf
+        upto = min(upto, len(buf))
+        while self._overlong_at is None and self._known_to < upto:
+            start = _SPACE.match(buf, self._read_at, upto).end()
+            if start == upto:
+                self._read_at = self._known_to = start
+                return
+            sep = 1 if self._read_len else 0
+            room = max(1, self.max_chars + 1 - self._read_len - sep)
+            end = _NONSPACE.match(buf, start, start + room).end()
+            clause_at = start + max(1, self.first_clause_min_chars - self._read_len - sep)
+            if self._clause_at is None and clause_at <= end:
+                self._clause_at = clause_at
+            if end == start + room:
+                self._overlong_at = end
+            elif end == len(buf):
+                self._known_to = end  # the word may go on: count it again with the next chunk
+            else:
+                self._read_len += sep + end - start
+                self._read_at = self._known_to = end
+
+    def _terminal_run(self, start: int) -> tuple[int, bool]:
+        """Where the run of terminal marks at ``start`` ends, and whether it holds "!" or "?".
+
+        A long run is read once, not again for every over-long cut inside it.
+        """
+        run_start, run_end, last_exclaim = self._run
+        if not run_start <= start < run_end:
+            run_end = _TERMINAL_RUN.match(self._buf, start).end()
+            last_exclaim = max(self._buf.rfind("!", start, run_end), self._buf.rfind("?", start, run_end))
+            self._run = (start, run_end, last_exclaim)
+        return run_end, last_exclaim >= start
+
+    def _sentence_end(self, start: int, stop: int, exclaims: bool):
+        """Whether the run of terminal marks ``_buf[start:stop]`` ends a sentence."""
+        buf = self._buf
+        end = _CLOSING.match(buf, stop).end()
         after = _SPACE.match(buf, end).end()
         if after == end < len(buf):
             return None
-        word_start = self._word_start(m.start())
-        token = buf[word_start : m.end()].lstrip(_OPENERS)
+        single_dot = stop == start + 1 and buf[start] == "."
         if after == len(buf):
-            return _WAIT if self._ambiguous_end(run, token, m.start()) else (end, end)
+            return _WAIT if single_dot and self._ambiguous_end(start) else (end, end)
         first_char = _OPENING.match(buf, after).end()
         if first_char == len(buf):
             return _WAIT
         nxt = buf[first_char]
-        if "!" in run or "?" in run:
+        if exclaims:
             return end, end
         if nxt.islower():
             return None
-        if run != ".":
+        if not single_dot:
             return end, end
+        word_start, token = self._token(start)
         word = token.lower()
         if word in _TITLES or (word == "no." and nxt.isdigit()):
             return None
@@ -155,13 +243,19 @@ class SentenceSegmenter:
             return None
         return end, end
 
-    def _ambiguous_end(self, run: str, token: str, start: int) -> bool:
+    def _token(self, dot: int) -> tuple[int, str]:
+        """The word a final "." belongs to, from its start: abbreviations and list numbers are recognised whole."""
+        word_start = dot
+        while word_start > self._pos and not self._buf[word_start - 1].isspace():
+            word_start -= 1
+        return word_start, self._buf[word_start : dot + 1].lstrip(_OPENERS)
+
+    def _ambiguous_end(self, dot: int) -> bool:
         """Whether more text could still make this final "." part of a word or number."""
-        if run != ".":
-            return False
+        _, token = self._token(dot)
         word = token.lower()
         return (
-            self._buf[start - 1 : start].isdigit()
+            (dot > self._pos and self._buf[dot - 1].isdigit())
             or word in _TITLES
             or word in _CAPITAL_ENDERS
             or _INITIALS.fullmatch(token) is not None
@@ -170,7 +264,7 @@ class SentenceSegmenter:
 
     def _is_list_number(self, token: str, word_start: int) -> bool:
         """A number opening a line ("1.") is a list marker, not a sentence end."""
-        line_start = self._buf.rfind("\n", 0, word_start) + 1
+        line_start = max(self._pos, self._buf.rfind("\n", self._pos, word_start) + 1)
         return token[:-1].isdigit() and not self._buf[line_start:word_start].strip()
 
     def _line_break(self, i: int):
@@ -187,32 +281,24 @@ class SentenceSegmenter:
             return _WAIT
         return None
 
-    def _clause_end(self, m: re.Match):
+    def _clause_end(self, start: int):
         """Ends the first segment early so the first audio comes sooner."""
-        if len(" ".join(self._buf[: m.start()].split())) < self.first_clause_min_chars:
+        if self._clause_at is None or start < self._clause_at:
             return None
-        end = _CLOSING.match(self._buf, m.end()).end()
+        end = _CLOSING.match(self._buf, start + 1).end()
         if end == len(self._buf):
             return _WAIT
         return (end, end) if self._buf[end].isspace() else None
 
-    def _word_start(self, i: int) -> int:
-        """Abbreviations and list numbers are recognised by the whole word."""
-        while i and not self._buf[i - 1].isspace():
-            i -= 1
-        return i
-
-    def _overlong_split(self, raw: str) -> int | None:
-        """Where to cut `raw` to keep its first piece within max_chars, or None if it fits.
+    def _overlong_split(self) -> int:
+        """Where to cut the segment to keep its first piece within max_chars.
 
         Only the first max_chars + 1 characters of the collapsed text decide the
-        cut, so it is the same whether or not the rest has arrived.
+        cut, so it is the same whether or not the rest has arrived; they all lie
+        before the point where the text first exceeds max_chars.
         """
-        words = list(_WORD.finditer(raw))
-        text = " ".join(w.group() for w in words)
-        if len(text) <= self.max_chars:
-            return None
-        window = text[: self.max_chars + 1]
+        words = list(_WORD.finditer(self._buf, self._pos, self._overlong_at))
+        window = " ".join(w.group() for w in words)[: self.max_chars + 1]
         clauses = [c.end() for c in _CLAUSE_IN_TEXT.finditer(window)]
         space = window.rfind(" ")
         length = clauses[-1] if clauses else space if space > 0 else self.max_chars

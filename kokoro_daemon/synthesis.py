@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -14,6 +15,9 @@ from .g2p import G2PRegistry
 from .voices import Voice
 
 log = logging.getLogger(__name__)
+
+# About what the key tuple, the dict slot and the array object of an entry take besides its samples.
+_ENTRY_OVERHEAD_BYTES = 384
 
 
 def trim_silence(audio: np.ndarray, sample_rate: int, lead_s: float = 0.04, tail_s: float = 0.15,
@@ -35,34 +39,41 @@ class AudioCache:
     """LRU of synthesized segments keyed by (voice, speed, text), bounded in bytes.
 
     Stock phrases ("Thank you for calling.") then cost no engine time. Cached arrays are
-    read-only and returned as they are, so a hit gives the identical samples.
+    read-only and returned as they are, so a hit gives the identical samples. An entry
+    costs its key and bookkeeping as well as its samples, so empty or tiny segments
+    cannot pile up in numbers, and a budget of 0 keeps nothing.
     """
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
-        self._entries: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._entries: OrderedDict[tuple, tuple[np.ndarray, int]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
+    def __len__(self) -> int:
+        return len(self._entries)
+
     def get(self, key: tuple) -> np.ndarray | None:
         with self._lock:
-            audio = self._entries.get(key)
-            if audio is not None:
-                self._entries.move_to_end(key)
-            return audio
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            self._entries.move_to_end(key)
+            return entry[0]
 
     def put(self, key: tuple, audio: np.ndarray) -> None:
-        if audio.nbytes > self.max_bytes:
+        cost = audio.nbytes + sum(map(sys.getsizeof, key)) + _ENTRY_OVERHEAD_BYTES
+        if cost > self.max_bytes:
             return
         audio.flags.writeable = False
         with self._lock:
             if key in self._entries:
                 return
-            self._entries[key] = audio
-            self._bytes += audio.nbytes
+            self._entries[key] = (audio, cost)
+            self._bytes += cost
             while self._bytes > self.max_bytes:
-                _, evicted = self._entries.popitem(last=False)
-                self._bytes -= evicted.nbytes
+                _, (_, evicted) = self._entries.popitem(last=False)
+                self._bytes -= evicted
 
 
 class Synthesizer:

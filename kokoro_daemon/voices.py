@@ -9,6 +9,7 @@ A voice spec may blend packs: ``af_sky+af_bella`` or weighted ``af_sky(2)+af_bel
 """
 from __future__ import annotations
 
+import functools
 import importlib.resources
 import logging
 import re
@@ -27,7 +28,10 @@ LANGUAGE_PREFIXES = {
     "a": "American English", "b": "British English", "e": "Spanish", "f": "French",
     "h": "Hindi", "i": "Italian", "j": "Japanese", "p": "Brazilian Portuguese", "z": "Mandarin Chinese",
 }
-_COMPONENT = re.compile(r"^\s*(?P<name>[^()+]+?)\s*(?:\(\s*(?P<weight>[0-9]*\.?[0-9]+)\s*\))?\s*$")
+# Specs come from the command line and the database: refuse a long one before reading it.
+MAX_SPEC_CHARS = 512
+MAX_CACHED_PACKS = 64
+_WEIGHT = re.compile(r"[0-9]+|[0-9]*\.[0-9]+")
 _NAME_PREFIX = re.compile(r"^(?P<lang>[a-z])[fm]_")
 
 
@@ -44,19 +48,36 @@ class Voice:
 
 
 def parse_spec(spec: str) -> list[tuple[str, float]]:
-    """``af_sky(2)+af_bella`` -> [("af_sky", 2.0), ("af_bella", 1.0)]."""
+    """``af_sky(2)+af_bella`` -> [("af_sky", 2.0), ("af_bella", 1.0)], in time linear in the spec."""
     if not spec or not spec.strip():
         raise VoiceError("voice name is empty")
+    if len(spec) > MAX_SPEC_CHARS:
+        raise VoiceError(f"voice spec of {len(spec)} characters is longer than the {MAX_SPEC_CHARS} allowed")
     parts = []
     for raw in spec.split("+"):
-        match = _COMPONENT.match(raw)
-        if not match:
+        part = _component(raw)
+        if part is None:
             raise VoiceError(f"voice spec {spec!r}: cannot read component {raw!r} (expected name or name(weight))")
-        weight = float(match["weight"]) if match["weight"] else 1.0
+        name, weight = part
         if weight <= 0:
-            raise VoiceError(f"voice spec {spec!r}: weight of {match['name']!r} must be positive")
-        parts.append((match["name"], weight))
+            raise VoiceError(f"voice spec {spec!r}: weight of {name!r} must be positive")
+        parts.append((name, weight))
     return parts
+
+
+def _component(raw: str) -> tuple[str, float] | None:
+    """``" name ( 2.5 ) "`` -> ("name", 2.5), ``name`` -> ("name", 1.0); None if it is neither."""
+    name, bracket, weight = raw.strip().partition("(")
+    name = name.strip()
+    if not name or ")" in name:
+        return None
+    if not bracket:
+        return name, 1.0
+    weight, closed, rest = weight.partition(")")
+    weight = weight.strip()
+    if not closed or rest or not _WEIGHT.fullmatch(weight):
+        return None
+    return name, float(weight)
 
 
 def language_of(spec: str) -> str:
@@ -110,13 +131,18 @@ def _embedded_packs() -> dict[str, np.ndarray]:
 
 
 class VoiceLibrary:
-    """Thread-safe loader and cache of voice specs."""
+    """Thread-safe loader of voice specs, keeping the packs most recently named.
+
+    Specs come from the database at run time, so the cache is bounded: a pack not named
+    among the last MAX_CACHED_PACKS is read again when it is next named. Blends are
+    computed per load and not kept.
+    """
 
     def __init__(self, voices_dir: str | Path | None = None, hub_download: bool = False):
         self.voices_dir = Path(voices_dir).expanduser() if voices_dir else None
         self.hub_download = hub_download
         self._lock = threading.Lock()
-        self._packs: dict[str, np.ndarray] = {}
+        self._single = functools.lru_cache(maxsize=MAX_CACHED_PACKS)(self._find)
         self._embedded: dict[str, np.ndarray] | None = None
 
     def embedded(self) -> dict[str, np.ndarray]:
@@ -148,11 +174,6 @@ class VoiceLibrary:
             name = next((n for n in embedded if (n[1] == "m") == male), next(iter(embedded)))
             log.warning("voice %r unavailable (%s); using the embedded voice %r instead", spec, exc, name)
             return Voice(spec=name, pack=embedded[name], lang=language_of(spec) if spec.strip() else "a")
-
-    def _single(self, name: str) -> np.ndarray:
-        if name not in self._packs:
-            self._packs[name] = self._find(name)
-        return self._packs[name]
 
     def _find(self, name: str) -> np.ndarray:
         path = Path(name).expanduser()

@@ -12,7 +12,7 @@ from contextlib import closing
 
 import pytest
 
-from kokoro_daemon.config_db import DEFAULTS, SERVICE_STATUSES, ConfigDB, ConfigWatcher
+from kokoro_daemon.config_db import DEFAULTS, SERVICE_STATUSES, ConfigDB, ConfigWatcher, StatusReporter
 
 POLL_S = 0.05
 WAIT_S = 5.0
@@ -254,23 +254,29 @@ def test_watcher_survives_on_change_exception(db, watch, caplog):
     assert failures[0].exc_info[0] is RuntimeError
 
 
-def test_watcher_survives_database_locked_by_another_process(db_path, watch, caplog):
-    config = ConfigDB(db_path, busy_timeout_s=0.2)
-    recorder = Recorder()
-    watch(recorder, config=config)
-    # Exclusive locking mode keeps even WAL readers out until the connection closes.
-    locker = start_other_process(db_path, """
+def lock_out_readers(path, hold_s):
+    """Another process that sets kokoro_voice to bm_george, then keeps even WAL readers out of the
+    file for ``hold_s`` (exclusive locking mode holds the lock until the connection closes)."""
+    locker = start_other_process(path, f"""
         conn = sqlite3.connect(path, isolation_level=None)
         conn.execute("PRAGMA locking_mode=EXCLUSIVE")
         conn.execute("BEGIN EXCLUSIVE")
         conn.execute("UPDATE system_config SET value = 'bm_george' WHERE key = 'kokoro_voice'")
         conn.execute("COMMIT")
         print("locked", flush=True)
-        time.sleep(1.0)
+        time.sleep({hold_s})
         conn.close()
     """)
+    assert locker.stdout.readline().strip() == "locked"
+    return locker
+
+
+def test_watcher_survives_database_locked_by_another_process(db_path, watch, caplog):
+    config = ConfigDB(db_path, busy_timeout_s=0.2)
+    recorder = Recorder()
+    watch(recorder, config=config)
+    locker = lock_out_readers(db_path, 1.0)
     try:
-        assert locker.stdout.readline().strip() == "locked"
         with pytest.raises(sqlite3.OperationalError, match="locked"):
             config.snapshot()
         finish(locker)
@@ -282,6 +288,45 @@ def test_watcher_survives_database_locked_by_another_process(db_path, watch, cap
         locker.communicate()
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings and "locked" in warnings[0].getMessage()
+
+
+def test_watcher_starts_while_the_database_cannot_be_read(db_path, db, watch, caplog):
+    caplog.set_level(logging.INFO, logger="kokoro_daemon.config_db")
+    config = ConfigDB(db_path, busy_timeout_s=0.2)
+    locker = lock_out_readers(db_path, 60)  # until killed
+    try:
+        recorder = Recorder()
+        watch(recorder, config=config)  # the baseline cannot be read: no exception, an error line
+        assert any("locked" in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
+    finally:
+        locker.kill()
+        locker.communicate()
+    deadline = time.monotonic() + WAIT_S  # the first read that works becomes the baseline
+    while "watching it for changes" not in caplog.text and time.monotonic() < deadline:
+        time.sleep(POLL_S)
+    db.set_kokoro_voice("af_bella")
+    assert recorder.wait_for("kokoro_voice", "af_bella") == {"kokoro_voice": "af_bella"}
+
+
+def test_status_reporter_writes_the_latest_status_once_the_lock_is_gone(db_path, caplog):
+    config = ConfigDB(db_path, busy_timeout_s=0.2)
+    reporter = StatusReporter(config, retry_s=0.05)
+    locker = sqlite3.connect(db_path, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        assert reporter.report("running") is False
+        assert reporter.report("stopped") is False
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    deadline = time.monotonic() + WAIT_S
+    while config.get_kokoro_service_status() != "stopped" and time.monotonic() < deadline:
+        time.sleep(POLL_S)
+    reporter.close()
+    assert config.get_kokoro_service_status() == "stopped"
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "'running'" in errors[0] and "locked" in errors[0], errors
+    assert reporter.report("running") is True
 
 
 def test_stress_with_concurrent_writer_process(db_path, db, watch, caplog):

@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import sqlite3
 import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +41,8 @@ class Daemon:
     db_path: Path
     log_path: Path
     address: tuple[str, int]
-    statuses: list[str]
     http_port: int
+    statuses: list[str] = field(default_factory=list)
 
     @property
     def log(self) -> str:
@@ -54,39 +56,52 @@ class Daemon:
             time.sleep(0.05)
         return True
 
+    def wait_status(self, wanted: str, timeout: float) -> bool:
+        """Poll the database's status until it is ``wanted``, noting each one seen on the way."""
+        db, deadline = ConfigDB(self.db_path), time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            status = db.get_kokoro_service_status()
+            if not self.statuses or self.statuses[-1] != status:
+                self.statuses.append(status)
+            if status == wanted:
+                return True
+            time.sleep(0.05)
+        return False
+
+    def terminate(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def launch(tmp: Path, *extra: str) -> Daemon:
+    """The real daemon on free ports with the database ``tmp/system.db``, its output in ``tmp/daemon.log``."""
+    db_path, log_path = tmp / "system.db", tmp / "daemon.log"
+    tcp_port, udp_port, http_port = free_port(), free_port(), free_port()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([*SERVICE, "--engine", "onnx", "--device", "cpu", "-t", str(tcp_port),
+                                 "-u", str(udp_port), "--http-port", str(http_port), "--voices-dir", str(VOICES_DIR),
+                                 "--db", str(db_path), *extra],
+                                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return Daemon(proc, db_path, log_path, ("127.0.0.1", tcp_port), http_port)
+
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory):
     """The daemon started with --force on a database that disables it; statuses seen while it starts."""
     tmp = tmp_path_factory.mktemp("daemon")
-    db_path, log_path = tmp / "system.db", tmp / "daemon.log"
-    ConfigDB(db_path).set_kokoro_enabled(False)
-    tcp_port, udp_port, http_port = free_port(), free_port(), free_port()
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([*SERVICE, "--engine", "onnx", "--device", "cpu", "-t", str(tcp_port),
-                                 "-u", str(udp_port), "--http-port", str(http_port), "--voices-dir", str(VOICES_DIR),
-                                 "--db", str(db_path), "--force"], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    db, statuses = ConfigDB(db_path), []
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline and proc.poll() is None:
-        status = db.get_kokoro_service_status()
-        if not statuses or statuses[-1] != status:
-            statuses.append(status)
-        if status == "running":
-            break
-        time.sleep(0.05)
-    daemon = Daemon(proc, db_path, log_path, ("127.0.0.1", tcp_port), statuses, http_port)
+    ConfigDB(tmp / "system.db").set_kokoro_enabled(False)
+    daemon = launch(tmp, "--force")
+    daemon.wait_status("running", START_TIMEOUT_S)
     try:
         yield daemon
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        daemon.terminate()
 
 
 # 9 -------------------------------------------------------------------------------------------
@@ -205,6 +220,39 @@ def test_another_process_writing_the_database_in_a_tight_loop(daemon):
     assert ConfigDB(daemon.db_path).get_kokoro_service_status() == "running"
     tail = daemon.log[mark:]
     assert "Traceback" not in tail and " ERROR " not in tail, tail[-3000:]
+
+
+# issue 10: faults after start cost an ERROR line, never the running service ----------------------
+def test_metrics_port_taken_and_database_locked_after_start(tmp_path):
+    """Another socket holds the metrics port, and another connection holds the database in an
+    EXCLUSIVE transaction when the service writes 'running' (its busy timeout, 5 s, runs out):
+    the service serves throughout, and writes 'running' once the lock is gone."""
+    db = ConfigDB(tmp_path / "system.db")
+    with socket.create_server(("127.0.0.1", 0)) as metrics_holder:
+        daemon = launch(tmp_path, "--metrics-port", str(metrics_holder.getsockname()[1]))
+        try:
+            assert daemon.wait_status("starting", START_TIMEOUT_S), daemon.log[-3000:]
+            locker = sqlite3.connect(daemon.db_path, isolation_level=None)
+            locker.execute("BEGIN EXCLUSIVE")
+            try:
+                assert daemon.wait_log("ready in", START_TIMEOUT_S), daemon.log[-3000:]
+                assert daemon.wait_log("serving without metrics", 10), daemon.log[-3000:]
+                assert daemon.wait_log("Writing status 'running'", 30), daemon.log[-3000:]
+                checked_audio(reply_frames(daemon.address, "while-locked", "Thank you for holding."))
+                assert db.get_kokoro_service_status() == "starting"  # not written while the lock is held
+            finally:
+                locker.execute("ROLLBACK")
+                locker.close()
+            assert daemon.wait_status("running", 30), daemon.log[-3000:]
+            checked_audio(reply_frames(daemon.address, "after-lock", "Thank you for holding."))
+            daemon.proc.send_signal(signal.SIGTERM)
+            assert daemon.proc.wait(30) == 0, daemon.log[-3000:]
+        finally:
+            daemon.terminate()
+    assert db.get_kokoro_service_status() == "stopped"
+    errors = [line for line in daemon.log.splitlines() if " ERROR " in line]
+    assert len(errors) == 2 and "metrics port" in errors[0] and "database is locked" in errors[1], errors
+    assert "Traceback" not in daemon.log
 
 
 # 12 ------------------------------------------------------------------------------------------

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from kokoro_daemon.protocol import (BYE_BYTES, END_OF_STREAM_HEADER, MAX_CALL_ID_BYTES, Bye, PeerClosed, ProtocolError,
-                                    Text, encode_frame, encode_hello, encode_text, parse_datagram, read_hello,
-                                    read_message)
+                                    Text, encode_frame, encode_hello, encode_text, parse_datagram, printable,
+                                    read_hello, read_message)
 
 
 def feed(data: bytes, close: bool = True) -> socket.socket:
@@ -133,3 +133,43 @@ def test_datagrams(datagram, expected):
 def test_bad_datagrams(datagram):
     with pytest.raises(ValueError):
         parse_datagram(datagram)
+
+
+# --- peer text in log lines ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("load_test_001", "load_test_001"),
+    ("café ☎ 42", "café ☎ 42"),
+    ("5\nkokoro ERROR forged line", "5\\nkokoro ERROR forged line"),
+    ("a\r\x1b[31mred\x00\x7f\u2028\t", "a\\r\\x1b[31mred\\x00\\x7f\\u2028\\t"),
+    ("back\\slash", "back\\\\slash"),
+    ("", ""),
+])
+def test_printable_escapes_what_would_break_a_log_line(text, expected):
+    assert printable(text) == expected
+
+
+def test_printable_cuts_long_text_with_an_ellipsis():
+    assert printable("x" * 80) == "x" * 80
+    assert printable("x" * 81) == "x" * 80 + "…"
+    assert printable("\n" * 50, limit=10) == "\\n" * 5 + "…"  # the limit counts escaped characters
+    assert printable("y" * 10_000_000, limit=20) == "y" * 20 + "…"
+
+
+@settings(max_examples=300)
+@given(st.text(), st.integers(0, 40))
+def test_printable_gives_one_bounded_line(text, limit):
+    shown = printable(text, limit)
+    assert shown.isprintable() and len(shown) <= limit + 1
+    if len(text) <= limit and text.isprintable() and "\\" not in text:
+        assert shown == text
+
+
+def test_a_datagram_is_reported_on_one_line():
+    with pytest.raises(ValueError) as info:
+        parse_datagram(b"HELLO\nkokoro ERROR forged line")
+    assert "\n" not in str(info.value) and "HELLO\\nkokoro" in str(info.value)
+    with pytest.raises(ValueError) as info:
+        parse_datagram(b"\xff\nBYE:1")
+    assert "\n" not in str(info.value)

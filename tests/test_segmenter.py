@@ -300,3 +300,81 @@ def test_any_chunking_keeps_every_character(text, kwargs, data):
     per_chunk, final = stream(chunked(text, cuts), **kwargs)
     spoken = "".join(s for segs in per_chunk for s in segs) + "".join(final)
     assert re.findall(r"[^\W_]", spoken) == re.findall(r"[^\W_]", text)
+
+
+# --- Cost: linear in the text ----------------------------------------------------------------------------
+# The timeouts guard against a return of the quadratic rescan (200 KB took 7 s of CPU, 10 MiB hours);
+# the figures themselves come from bench/segmenter.py.
+
+
+@pytest.mark.timeout(120)
+def test_ten_mib_unpunctuated_chunk_is_cut_without_rescanning():
+    text = ("alpha " * 1_800_000)[: 10 * 1024 * 1024]
+    segmenter = SentenceSegmenter()
+    segments = segmenter.add_chunk(text)
+    assert segmenter.buffered_chars < 300 * 2
+    segments += segmenter.finish()
+    assert all(len(s) <= 300 for s in segments)
+    assert " ".join(segments) == text.strip()
+    assert segmenter.buffered_chars == 0
+
+
+@pytest.mark.timeout(120)
+def test_two_mib_of_words_with_commas():
+    text = ("word, " * 400_000)[: 2 * 1024 * 1024] + "end."
+    segments = split_text(text)
+    assert segments[0] == "word, word, word, word,"  # the first clause, then over-long cuts at commas
+    assert all(len(s) <= 300 and s.endswith((",", "end.")) for s in segments)
+    assert " ".join(segments) == " ".join(text.split())
+
+
+def test_buffered_chars_counts_what_is_not_yet_a_segment():
+    segmenter = SentenceSegmenter()
+    assert segmenter.buffered_chars == 0
+    assert segmenter.add_chunk("Hello there. Please see Dr.") == ["Hello there."]
+    assert segmenter.buffered_chars == len(" Please see Dr.")
+    segmenter.add_chunk("  ")
+    assert segmenter.buffered_chars == len(" Please see Dr.  ")
+    assert segmenter.finish() == ["Please see Dr."]
+    assert segmenter.buffered_chars == 0
+
+
+class BruteForce(SentenceSegmenter):
+    """The reference: every cut reads the buffer again from the segment's start, and the
+    collapsed lengths come from collapsing each prefix, so nothing carries over between
+    cuts or chunks."""
+
+    def _next_cut(self, final):
+        self._start_segment(self._pos)
+        self._run = (0, 0, -1)
+        return super()._next_cut(final)
+
+    def _measure(self, upto):
+        pos, end = self._pos, len(self._buf)
+        lengths = [(i, len(" ".join(self._buf[pos:i].split()))) for i in range(pos, end + 1)]
+        self._clause_at = next((i for i, n in lengths if n >= self.first_clause_min_chars), None)
+        self._overlong_at = next((i for i, n in lengths if n > self.max_chars), None)
+        self._known_to = end
+
+
+# Short texts of what the rules look at, run together, cut often, against small limits: where
+# the bookkeeping across chunks, over-long cuts and endings that wait for more text meet.
+PIECES = ["Hello", "ab", "x" * 15, "Dr.", "a.m.", "42.", "!!", "...", ",", "“yes,”", "(", ")", "-", " ", "  ",
+          "\n", "\n-", "\n1", "\n\n"]
+dense_texts = st.one_of(st.lists(st.sampled_from(PIECES), max_size=12).map("".join),
+                        st.lists(st.text(alphabet="aB.!,”)", min_size=1, max_size=6), max_size=8).map(" ".join),
+                        st.text(alphabet="aB1 .!?…,;:—-\n\"'“”)(@/", max_size=60))
+small_options = st.fixed_dictionaries({"first_clause_min_chars": st.integers(0, 25), "max_chars": st.integers(1, 20)})
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.one_of(st.tuples(texts, options), st.tuples(dense_texts, small_options)), st.data())
+def test_incremental_segmenting_matches_brute_force(case, data):
+    text, kwargs = case
+    every = data.draw(st.integers(0, 3))  # 1 to 3: a chunk every so many characters, as a token stream
+    cuts = range(0, len(text), every) if every else data.draw(st.lists(st.integers(0, len(text)), max_size=12))
+    chunks = chunked(text, cuts)
+    fast, reference = SentenceSegmenter(**kwargs), BruteForce(**kwargs)
+    for _ in range(2):  # a second reply on the same objects starts clean
+        assert [fast.add_chunk(c) for c in chunks] == [reference.add_chunk(c) for c in chunks]
+        assert fast.finish() == reference.finish()

@@ -14,7 +14,7 @@ from conftest import ROOT, VOICES_DIR, speaking_with
 from kokoro_daemon.g2p import G2PUnavailable
 from kokoro_daemon.server import KokoroService, ServiceConfig
 from kokoro_daemon.synthesis import trim_silence
-from kokoro_daemon.voices import VoiceError, VoiceLibrary, parse_spec
+from kokoro_daemon.voices import MAX_CACHED_PACKS, MAX_SPEC_CHARS, VoiceError, VoiceLibrary, parse_spec
 from peers import LlamaClient, checked_audio, free_port, reply_frames
 
 TEXT = "Your order has shipped today."
@@ -34,6 +34,7 @@ def official(name: str) -> np.ndarray:
     ("af_sky(2)+af_bella(1)", [("af_sky", 2.0), ("af_bella", 1.0)]),
     ("af_sky( 0.25 ) + am_adam(.5)", [("af_sky", 0.25), ("am_adam", 0.5)]),
     ("/voices/my voice.npy(3)+bf_emma", [("/voices/my voice.npy", 3.0), ("bf_emma", 1.0)]),
+    ("x" * MAX_SPEC_CHARS, [("x" * MAX_SPEC_CHARS, 1.0)]),
 ])
 def test_parse_spec(spec, parts):
     assert parse_spec(spec) == parts
@@ -48,12 +49,46 @@ def test_parse_spec(spec, parts):
     ("a(0)", "must be positive"),
     ("af_sky+", "cannot read component"),
     ("af_sky(2", "cannot read component"),
+    ("af_sky+ ", "cannot read component"),
+    ("af_sky(2)x", "cannot read component"),
+    ("x" * (MAX_SPEC_CHARS + 1), f"longer than the {MAX_SPEC_CHARS}"),
 ])
 def test_bad_spec_is_refused(spec, problem):
     with pytest.raises(VoiceError, match=problem):
         parse_spec(spec)
     with pytest.raises(VoiceError):
         VoiceLibrary(VOICES_DIR).load(spec)
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("spec", ["a" + " " * 3000 + "x(", "a" + " " * 500 + "x(", "+".join(["a" + " " * 20 + "x("] * 20)])
+def test_pathological_spec_is_refused_at_once(spec):
+    """Specs like these made the old pattern backtrack for minutes, holding the GIL (the guard has a wide margin:
+    they now take microseconds)."""
+    with pytest.raises(VoiceError):
+        parse_spec(spec)
+    with pytest.raises(VoiceError):
+        VoiceLibrary(VOICES_DIR).load(spec)
+
+
+def test_library_keeps_only_recently_named_packs(tmp_path):
+    """Specs named at run time (the database) must not grow the cache for ever: it holds the last 64 packs."""
+    def named(n: int) -> str:
+        path = tmp_path / f"other_{n}.npy"
+        np.save(path, np.full((510, 256), 3, dtype=np.float16))
+        return str(path)
+
+    first = tmp_path / "first.npy"
+    np.save(first, np.full((510, 256), 1, dtype=np.float16))
+    library = VoiceLibrary(VOICES_DIR)
+    assert library.load(str(first)).pack[0, 0, 0] == 1
+    np.save(first, np.full((510, 256), 2, dtype=np.float16))
+    for n in range(MAX_CACHED_PACKS - 1):
+        library.load(named(n))
+    assert library.load(str(first)).pack[0, 0, 0] == 1  # still kept, so not read again
+    for n in range(MAX_CACHED_PACKS, 2 * MAX_CACHED_PACKS):
+        library.load(named(n))
+    assert library.load(str(first)).pack[0, 0, 0] == 2  # pushed out by 64 others, so read again
 
 
 def test_weighted_blend_is_the_weighted_mean_of_its_packs():
