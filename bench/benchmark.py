@@ -54,6 +54,7 @@ TARGETS = {
     "rtf_4_over_bare": (">=", 0.9),
     "rtf_8_over_bare": (">=", 0.9),
     "cache_hit_ttfa_ms": ("<", 20.0),
+    "ttfa_kept_connection_over_fresh": ("<=", 1.2),
 }
 
 
@@ -242,12 +243,16 @@ def run_call(address, call_id: str, text: str, barrier: threading.Barrier | None
 
 
 def concurrent_calls(address, count: int, text: str, first_id: int) -> list[CallResult]:
-    """``count`` calls on their own connections with unique numeric ids, text sent at the same instant."""
+    """``count`` calls on their own connections with unique ids, text sent at the same instant.
+
+    The ids are not numbers, so the audio comes straight back on each connection: no processor is
+    waited for (the conversation benchmark measures calls through processors).
+    """
     barrier = threading.Barrier(count, timeout=60)   # a call that cannot connect breaks it, not hangs it
     results: list[CallResult | None] = [None] * count
 
     def one(i: int) -> None:
-        results[i] = run_call(address, str(first_id + i), text, barrier)
+        results[i] = run_call(address, f"concurrent-{first_id + i}", text, barrier)
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
     for t in threads:
@@ -294,7 +299,7 @@ def measure_service(service: ServiceProcess, repeats: int, expected_frames: int)
     """1 call (median of ``repeats``), then 4 and 8 concurrent calls; every call's frames checked."""
     problems: list[str] = []
     cpu_before = service.cpu_s()
-    singles = [run_call(service.address, str(100 + i), REPLY) for i in range(repeats)]
+    singles = [run_call(service.address, f"single-{i}", REPLY) for i in range(repeats)]
     single_cpu = service.cpu_s() - cpu_before
     reference = next((r.samples for r in singles if not r.error and r.frames), None)
     for r in singles:
@@ -319,14 +324,40 @@ def measure_service(service: ServiceProcess, repeats: int, expected_frames: int)
         if problems:
             return levels, problems
         levels[count] = summarize(results, service.cpu_s() - cpu_before)
+    log("service: replies 1-4 on one kept connection")
+    levels["kept"] = measure_kept_connection(service, 4)
     return levels, problems
+
+
+def measure_kept_connection(service: ServiceProcess, replies: int) -> dict:
+    """Time to first audio of replies 2..n on one kept connection, as the LLaMA client sends them (each reply
+    whole, no BYE): each must start with its own short first segment, as the first reply on a fresh one does."""
+    call_id, ttfa = "kept-1", []
+    with socket.create_connection(service.address, timeout=CALL_TIMEOUT_S) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(struct.pack(">I", len(call_id)) + call_id.encode())
+        for reply in range(1, replies + 1):
+            raw = REPLY.encode("utf-8")
+            sent = time.perf_counter()
+            sock.sendall(struct.pack(">I", len(raw)) + raw)
+            size, _, _ = struct.unpack(">III", recv_exact(sock, 12))
+            recv_exact(sock, size)
+            ttfa.append(time.perf_counter() - sent)
+            done = f"call {call_id}: reply {reply} done: "
+            while not any(line.split(" kokoro_daemon.calls: ", 1)[-1].startswith(done) for line in service.lines):
+                time.sleep(0.02)
+            frames = int(next(line for line in service.lines if done in line).split(done, 1)[1].split()[0])
+            for _ in range(frames - 1):
+                size, _, _ = struct.unpack(">III", recv_exact(sock, 12))
+                recv_exact(sock, size)
+    return {"ttfa_s": ttfa, "later_replies_p50_s": statistics.median(ttfa[1:])}
 
 
 def measure_cache(address, hits: int) -> tuple[dict, list[str]]:
     """The stock phrase once (a miss), then again on new connections (hits, served from the cache)."""
-    miss = run_call(address, "500", STOCK_PHRASE)
+    miss = run_call(address, "cache-500", STOCK_PHRASE)
     problems = check_call(miss, 1, None)
-    results = [run_call(address, str(501 + i), STOCK_PHRASE) for i in range(hits)]
+    results = [run_call(address, f"cache-{501 + i}", STOCK_PHRASE) for i in range(hits)]
     for r in results:
         problems += check_call(r, 1, miss.samples)
     if problems:
@@ -388,6 +419,7 @@ def compute_ratios(bare: dict, levels: dict, cache: dict) -> dict:
         "rtf_4_over_bare": levels[4]["rtf"] / bare["rtf"],
         "rtf_8_over_bare": levels[8]["rtf"] / bare["rtf"],
         "cache_hit_ttfa_ms": cache["hit_ttfa_ms"],
+        "ttfa_kept_connection_over_fresh": levels["kept"]["later_replies_p50_s"] / ttfa_1,
     }
 
 
@@ -430,6 +462,9 @@ def print_report(report: dict) -> None:
           f"{start['service_reported_s']:.1f} s); RSS after start {report['memory']['after_start']['rss_mb']:.0f} MB, "
           f"after the load test {report['memory']['after_load']['rss_mb']:.0f} MB "
           f"(peak {report['memory']['after_load']['peak_rss_mb']:.0f} MB)")
+    kept = levels["kept"]["ttfa_s"]
+    print(f"one kept connection, replies 1-{len(kept)}: time to first audio "
+          + ", ".join(f"{t:.2f}" for t in kept) + " s")
     print(f"cache (second service, cache on): miss {cache['miss_ttfa_ms']:.0f} ms, "
           f"hit {cache['hit_ttfa_ms']:.1f} ms to first audio (median of {len(cache['hit_ttfa_all_ms'])})")
     print("\ntargets:")

@@ -162,3 +162,15 @@ def test_call_ids_with_control_characters_are_escaped_in_the_log(service, caplog
     checked_audio(reply_frames(service.tcp_address, "evil\nINFO forged line\x1b[2J", "Hello."))
     assert "evil\\nINFO forged line\\x1b[2J" in caplog.text
     assert "\nINFO forged line" not in caplog.text
+
+
+def test_text_beyond_a_calls_queue_bound_is_refused_with_a_log_line_and_counted(service, caplog):
+    refused = counter("kokoro_text_dropped_total", reason="queue_full")
+    with LlamaClient(service.tcp_address, "flooding-1") as client:
+        client.text("word " * 20_000)  # 100,000 characters at once: more than any reply, over the bound
+        client.text("This one is spoken.")
+        client.bye()
+        frames = client.read_until_bye()
+    assert len(frames) == 1 and checked_audio(frames).size > 12000
+    assert counter("kokoro_text_dropped_total", reason="queue_full") - refused == 100_000
+    assert "text chunk of 100000 characters refused" in caplog.text
