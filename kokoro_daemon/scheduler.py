@@ -9,7 +9,9 @@ new reply's first segment counts as already out (so replies start in arrival ord
 listener holding ``max_lead_s`` of audio waits, and a segment's size follows its deadline:
 the next sentence alone (or only its first clause) when the caller is about to run dry,
 following sentences joined into one model call when there is lead to spare (each model
-call pays for its own lead-in and trailing silence, so fewer calls speak more per second).
+call pays for its own lead-in and trailing silence, so fewer calls speak more per second),
+up to MAX_JOIN_S of engine time, which bounds how long a new reply on another call can wait
+for a worker. With several workers, HTTP requests never take the last free one.
 ``round-robin`` serves listeners in turn, one segment each, joining a listener's queued
 sentences while others wait; it is kept to compare against.
 """
@@ -36,6 +38,7 @@ SCHEDULES = ("playout", "round-robin")
 MERGE_MAX_CHARS = 240
 SPLIT_MIN_CHARS = 60
 SAFETY_S = 0.3
+MAX_JOIN_S = 2.0
 UNDERRUN_S = 0.25
 WARN_INTERVAL_S = 60.0
 
@@ -168,6 +171,9 @@ class Scheduler:
     def _choose(self, now: float) -> tuple[_Work | None, float | None]:
         """Lock held: the work to serve next, or None and when to look again (None: when something changes)."""
         candidates = [work for work in self._turns if not work.in_flight and work.segments]
+        if len(self._threads) > 1 and sum(1 for w in self._work.values() if w.in_flight and w.priority) \
+                >= len(self._threads) - 1:
+            candidates = [work for work in candidates if not work.priority]  # keep a worker free for calls
         if self.schedule == "round-robin":
             ordered = sorted(candidates, key=lambda w: w.priority)  # stable: turn order within a priority
             return (ordered[0] if ordered else None), None
@@ -210,7 +216,7 @@ class Scheduler:
             joinable = any(other is not work and other.segments for other in self._turns)
             budget = float("inf") if joinable else 0.0
         else:
-            budget = work.listener.dry_at() - now - SAFETY_S
+            budget = min(work.listener.dry_at() - now - SAFETY_S, MAX_JOIN_S)
         if self.schedule == "playout" and budget < self.cost.estimate(len(head.text)) \
                 and len(head.text) >= SPLIT_MIN_CHARS:
             pieces = split_text(head.text)
