@@ -24,6 +24,7 @@ from . import metrics
 from .frames import Audio, FrameQueue, PlayoutClock
 from .linking import DialIn, DialOut, Linker
 from .protocol import encode_frame, printable
+from .throttle import LogThrottle
 from .transports import LinkTransport, ReplyTransport, Transport
 
 log = logging.getLogger(__name__)
@@ -132,13 +133,12 @@ class Call:
 
     # -- audio in (the scheduler) ---------------------------------------------------------
     def dry_at(self) -> float:
-        """When the caller runs out of audio from this call: now plus what is queued and sent but unplayed."""
+        """When the caller runs out of this call's audio, or since when it has had none (see PlayoutClock.dry_at)."""
         with self._cond:
-            now = time.monotonic()
-            return max(self._clock.end, now) + self._frames.queued_s
+            return self._clock.dry_at(time.monotonic(), self._frames.queued_s)
 
     def lead_s(self) -> float:
-        return self.dry_at() - time.monotonic()
+        return max(0.0, self.dry_at() - time.monotonic())
 
     def deliver(self, audio: np.ndarray, sample_rate: int, reply: int = 0, ends_reply: bool = False) -> None:
         """Queue one model call's audio (resampled to the output rate) for the writer."""
@@ -411,7 +411,7 @@ class Call:
     def status(self) -> CallStatus:
         with self._cond:
             now = time.monotonic()
-            lead = max(self._clock.end, now) + self._frames.queued_s - now
+            lead = max(0.0, self._clock.dry_at(now, self._frames.queued_s) - now)
             link = self.link.kind if self.link is not None else ("reply" if self.reply is not None and
                                                                    now >= self._hold_until else "waiting")
             state = "speaking" if self._replies or len(self._frames) else (
@@ -430,7 +430,7 @@ class CallRegistry:
         self._calls: dict[str, Call] = {}
         self._early: deque[tuple[float, str]] = deque()
         self._lock = threading.Lock()
-        self._last_refusal_log = 0.0
+        self.throttle = LogThrottle(log)
 
     def get(self, call_id: str) -> Call | None:
         with self._lock:
@@ -473,23 +473,20 @@ class CallRegistry:
                 self._take_early("")  # expire old entries
                 if len(self._early) >= MAX_EARLY_REGISTERS:
                     metrics.PROTOCOL_ERRORS.labels("register_refused").inc()
-                    self._refusal_warning(call_id)
+                    self.throttle.log("register-refused", WARN_INTERVAL_S, logging.WARNING,
+                                      "REGISTER:%s for no call refused: %d early registrations are already waiting "
+                                      "(more are only counted in kokoro_protocol_errors_total"
+                                      "{kind=\"register_refused\"})", printable(call_id), MAX_EARLY_REGISTERS)
                     return False
                 self._early.append((time.monotonic(), call_id))
         if call is None:
-            log.info("REGISTER:%s before its call; kept %.0f s for its HELLO", printable(call_id), EARLY_REGISTER_S)
+            metrics.EARLY_REGISTERS.inc()
+            self.throttle.log("register-early", 1.0, logging.INFO, "REGISTER:%s before its call; kept %.0f s for its "
+                              "HELLO (more within a second are only counted)", printable(call_id), EARLY_REGISTER_S)
             return True
         log.info("call %s: processor registered", call.label)
         call.register()
         return True
-
-    def _refusal_warning(self, call_id: str) -> None:
-        now = time.monotonic()
-        if now - self._last_refusal_log >= WARN_INTERVAL_S:
-            self._last_refusal_log = now
-            log.warning("REGISTER:%s for no call refused: %d early registrations are already waiting (more are "
-                        "only counted in kokoro_protocol_errors_total{kind=\"register_refused\"})",
-                        printable(call_id), MAX_EARLY_REGISTERS)
 
     def end_by_id(self, call_id: str) -> bool:
         """``BYE:N``: the call is over."""

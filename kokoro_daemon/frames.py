@@ -43,6 +43,11 @@ class PlayoutClock:
     def lead_s(self, now: float) -> float:
         return max(0.0, self.end - now)
 
+    def dry_at(self, now: float, queued_s: float = 0.0) -> float:
+        """When the consumer runs out of audio: the end of what it was sent, which is in the past if it
+        already has (the time it fell silent), later by ``queued_s`` still to be sent."""
+        return max(self.end, now) + queued_s if queued_s else self.end
+
     def sent(self, duration_s: float, now: float) -> None:
         self.end = max(self.end, now) + duration_s
 

@@ -121,7 +121,7 @@ class SpeechListener:
         self._loop = loop
 
     def dry_at(self) -> float:
-        return max(self._clock.end, time.monotonic())
+        return self._clock.dry_at(time.monotonic())
 
     def deliver(self, audio: np.ndarray, sample_rate: int, reply: int = 0, ends_reply: bool = False) -> None:
         if audio.size:

@@ -19,6 +19,7 @@ PROTOCOL_ERRORS = Counter("kokoro_protocol_errors_total", "Connections or datagr
 HTTP_SPEECH = Counter("kokoro_http_speech_total", "Speech requests answered in full over HTTP", ["format"])
 HTTP_ERRORS = Counter("kokoro_http_errors_total", "HTTP requests answered with an error", ["status"])
 ACTIVE_CONNECTIONS = Gauge("kokoro_llama_connections", "Open LLaMA connections")
+EARLY_REGISTERS = Counter("kokoro_early_registers_total", "REGISTER datagrams kept for a call that had not begun")
 LINKS = Counter("kokoro_processor_links_total", "Processor links made", ["kind"])
 UNDERRUNS = Counter("kokoro_underruns_total", "Times a caller ran out of audio mid-reply while the engine was busy")
 ENGINE_BUSY = Counter("kokoro_engine_busy_seconds_total", "Seconds the engine workers spent synthesizing")

@@ -89,7 +89,11 @@ def read_hello(sock: socket.socket) -> str:
 def _skip_payload(sock: socket.socket, length: int) -> None:
     left = length
     while left:
-        left -= len(_read_payload(sock, min(left, 1 << 20), "skipped text"))
+        try:
+            left -= len(recv_exact(sock, min(left, 1 << 20)))
+        except PeerClosed:
+            raise PeerClosed(f"peer closed inside a {length}-byte text, {length - left} bytes in",
+                             mid_message=True) from None
 
 
 def read_message(sock: socket.socket) -> Text | Bye:

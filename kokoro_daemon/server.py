@@ -29,6 +29,7 @@ from .scheduler import Scheduler
 from .segmenter import SentenceSegmenter
 from .synthesis import AudioCache, Synthesizer
 from .telemetry import Telemetry
+from .throttle import LogThrottle
 from .transports import ReplyTransport
 from .voices import Voice, VoiceLibrary
 
@@ -265,20 +266,22 @@ class RegistrationHandler(socketserver.BaseRequestHandler):
         host = self.client_address[0]
         if not service.allowed(host):
             metrics.PROTOCOL_ERRORS.labels("datagram_refused").inc()
-            service.warn_every(WARN_INTERVAL_S, "datagram-refused",
-                               "ignored datagram from %s, which --allow-from does not list", host)
+            service.throttle.log("datagram-refused", WARN_INTERVAL_S, logging.WARNING,
+                                 "ignored datagram from %s, which --allow-from does not list", host)
             return
         try:
             command, call_id = parse_datagram(data)
         except ValueError as exc:
             metrics.PROTOCOL_ERRORS.labels("datagram").inc()
-            service.warn_every(1.0, "datagram-bad", "ignored datagram from %s:%s: %s", host, self.client_address[1],
-                               exc)
+            service.throttle.log("datagram-bad", 1.0, logging.WARNING, "ignored datagram from %s:%s: %s", host,
+                                 self.client_address[1], exc)
             return
         if command == "REGISTER":
             service.registry.register(call_id)
         elif not service.registry.end_by_id(call_id):
-            log.info("BYE for unknown call %s ignored", printable(call_id))
+            metrics.PROTOCOL_ERRORS.labels("bye_unknown").inc()
+            service.throttle.log("bye-unknown", 1.0, logging.INFO, "BYE for unknown call %s ignored (more within a "
+                                 "second are only counted)", printable(call_id))
 
 
 class _TCPServer(socketserver.ThreadingTCPServer):
@@ -297,8 +300,8 @@ class _TCPServer(socketserver.ThreadingTCPServer):
         except OSError as exc:
             if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                 metrics.ACCEPT_ERRORS.labels(errno.errorcode[exc.errno]).inc()
-                self.service.warn_every(WARN_INTERVAL_S, "accept", "cannot accept LLaMA connections: %s; they wait "
-                                        "in the backlog until descriptors free up", exc, level=logging.ERROR)
+                self.service.throttle.log("accept", WARN_INTERVAL_S, logging.ERROR, "cannot accept LLaMA connections: "
+                                          "%s; they wait in the backlog until descriptors free up", exc)
                 time.sleep(ACCEPT_RETRY_S)
             raise
 
@@ -330,7 +333,7 @@ class KokoroService:
         self._allowed = [ipaddress.ip_network(net, strict=False) for net in config.allow_from]
         self._servers: list[socketserver.BaseServer] = []
         self._serving: list[socketserver.BaseServer] = []
-        self._last_warning: dict[str, float] = {}
+        self.throttle = LogThrottle(log)
         self.stopped = threading.Event()
 
     @property
@@ -347,13 +350,6 @@ class KokoroService:
         except ValueError:
             return False
         return any(address in net for net in self._allowed)
-
-    def warn_every(self, interval_s: float, key: str, message: str, *args, level: int = logging.WARNING) -> None:
-        """Log ``message`` at most once per ``interval_s`` for ``key``: a flood must not flood the log."""
-        now = time.monotonic()
-        if now - self._last_warning.get(key, -interval_s) >= interval_s:
-            self._last_warning[key] = now
-            log.log(level, message, *args)
 
     def load_voice(self, spec: str) -> Voice:
         """A voice for run-time use: a missing or malformed one raises VoiceError."""

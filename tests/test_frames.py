@@ -93,3 +93,11 @@ def test_pacing_by_room_at_never_exceeds_the_lead_bound(pieces):
         now = max(now + pause, clock.room_at(duration, bound))
         clock.sent(duration, now)
         assert clock.lead_s(now) <= max(bound, duration) + 1e-9
+
+
+def test_dry_at_is_when_the_consumer_fell_silent_or_will():
+    clock = PlayoutClock()
+    clock.sent(2.0, now=10.0)
+    assert clock.dry_at(now=11.0) == 12.0                 # playing: runs out at 12
+    assert clock.dry_at(now=15.0) == 12.0                 # silent since 12, not "now": it waits its turn from then
+    assert clock.dry_at(now=15.0, queued_s=1.0) == 16.0   # audio still to be sent plays from now

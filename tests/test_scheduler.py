@@ -333,3 +333,18 @@ def test_over_capacity_is_counted_each_time_and_logged_once_a_minute(stub, caplo
         assert scheduler.wait_drained(late, 5)
     assert metrics.UNDERRUNS._value.get() - underruns == 3  # noqa: SLF001
     assert caplog.text.count("over capacity") == 1
+
+
+def test_a_caller_who_ran_dry_mid_reply_is_not_starved_by_newer_replies(stub):
+    engine, scheduler = stub
+    blocker = Listener("blocker")
+    scheduler.submit(blocker, ["first"])
+    engine.wait_started()
+    starving = Listener("starving", dry_in=-0.5)  # silent for half a second already, its reply unfinished
+    scheduler.submit(starving, ["rest of my reply"], opens_reply=False)
+    newer = [Listener(f"new{n}") for n in range(3)]
+    for listener in newer:
+        scheduler.submit(listener, [f"{listener.call_id} hello"])
+    engine.release()
+    drained(scheduler, starving, *newer)
+    assert engine.order[1] == "rest of my reply"
