@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from . import SAMPLE_RATE
-from .onnx_engine import EMBEDDED_NAME, EMBEDDED_SHA256, _sha256, cache_dir, default_vocab, embedded_model_path
+from .onnx_engine import (EMBEDDED_NAME, EMBEDDED_SHA256, _sha256, cache_dir, default_vocab, embedded_model_path,
+                          session_options)
 
 log = logging.getLogger(__name__)
 
@@ -333,7 +334,7 @@ def check_inputs() -> dict[str, np.ndarray]:
     pack = packs[sorted(packs)[0]]
     tokens = [0, *(vocab[ch] for ch in CHECK_PHONEMES if ch in vocab), 0]
     return {"tokens": np.array([tokens], dtype=np.int64),
-            "style": pack[len(tokens) - 3].reshape(1, -1).astype(np.float32),
+            "style": pack[len(tokens) - 3].reshape(1, -1).astype(np.float32),   # the style for n phonemes: pack[n - 1]
             "speed": np.array([1.0], dtype=np.float32)}
 
 
@@ -341,7 +342,6 @@ def verify(reference: Path, candidate: Path) -> dict:
     """onnx checker on the candidate, then the check phrase on both graphs compared by compare_audio."""
     import onnx
     import onnxruntime as ort
-    from .onnx_engine import session_options
     try:
         onnx.checker.check_model(str(candidate), full_check=True)
     except onnx.checker.ValidationError as exc:
@@ -425,12 +425,12 @@ def main(argv: list[str] | None = None) -> int:
                                      description="Build (once) and check the fast CPU graph in the model cache.")
     parser.add_argument("--rebuild", action="store_true", help="rebuild even when a sound cached graph exists")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s fast_graph: %(message)s")
     try:
         if args.rebuild:
             cached_path().unlink(missing_ok=True)
         path = fast_model_path()
-    except (FastGraphError, RuntimeError) as exc:
+    except RuntimeError as exc:   # FastGraphError, or the embedded model cannot be assembled
         log.error("%s", exc)
         return 1
     print(path)
