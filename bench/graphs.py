@@ -113,7 +113,8 @@ def measure_latency(bare: dict[str, BareEngine], rounds: int) -> dict:
                 "throughput_1": statistics.median(x["audio_s"] / x["wall_s"] for x in runs[g]["whole"]),
                 "cpu_per_audio_s_1": statistics.median(x["cpu_s"] / x["audio_s"] for x in runs[g]["whole"]),
                 "first_segment_all_s": [x["wall_s"] for x in runs[g]["first"]],
-                "whole_reply_all_s": [x["wall_s"] for x in runs[g]["whole"]]} for g in GRAPHS}
+                "whole_reply_all_s": [x["wall_s"] for x in runs[g]["whole"]],
+                "whole_reply_cpu_all_s": [x["cpu_s"] for x in runs[g]["whole"]]} for g in GRAPHS}
 
 
 def concurrent_throughput(engines: list, phonemes: str, pack, jobs: int) -> dict:
@@ -154,14 +155,17 @@ def measure_throughput_4(phonemes: str, pack, rounds: int, jobs: int) -> dict:
 
 
 def per_round_ratios(latency: dict, throughput: dict) -> dict:
-    """fast/int8 within each round: their spread says how noisy the run was."""
+    """fast/int8 within each round: their spread says how noisy the run was (CPU seconds barely move with load)."""
+    def ratios(fast: list[float], int8: list[float]) -> list[float]:
+        return [f / i for f, i in zip(fast, int8)]
+
+    fast, int8 = latency["fast"], latency["int8"]
     return {
-        "first_segment_s": [f / i for f, i in zip(latency["fast"]["first_segment_all_s"],
-                                                  latency["int8"]["first_segment_all_s"])],
-        "whole_reply_s": [f / i for f, i in zip(latency["fast"]["whole_reply_all_s"],
-                                                latency["int8"]["whole_reply_all_s"])],
-        "throughput_4": [f["throughput"] / i["throughput"] for f, i in zip(throughput["fast"]["runs"],
-                                                                            throughput["int8"]["runs"])],
+        "first_segment_s": ratios(fast["first_segment_all_s"], int8["first_segment_all_s"]),
+        "whole_reply_s": ratios(fast["whole_reply_all_s"], int8["whole_reply_all_s"]),
+        "whole_reply_cpu_s": ratios(fast["whole_reply_cpu_all_s"], int8["whole_reply_cpu_all_s"]),
+        "throughput_4": ratios([r["throughput"] for r in throughput["fast"]["runs"]],
+                               [r["throughput"] for r in throughput["int8"]["runs"]]),
     }
 
 

@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model config.json for local weights (vocabulary and architecture) [KOKORO_MODEL_CONFIG]")
     p.add_argument("--onnx-graph", choices=ONNX_GRAPHS, default=_env("KOKORO_ONNX_GRAPH", DEFAULT_ONNX_GRAPH),
                    help="the embedded model as shipped (int8) or with float 2-D convolutions (fast, built once "
-                        f"into the model cache, ~250 MB more memory); ignored with --model (default "
+                        f"into the model cache, ~300 MB more memory); ignored with --model (default "
                         f"{DEFAULT_ONNX_GRAPH}) [KOKORO_ONNX_GRAPH]")
     p.add_argument("--voices-dir", default=_env("KOKORO_VOICES_DIR"),
                    help="folder of <voice>.pt / .npy voice packs [KOKORO_VOICES_DIR]")
