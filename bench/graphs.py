@@ -207,7 +207,7 @@ def print_report(report: dict) -> None:
 
 
 def run(args) -> int:
-    rounds, jobs, startup_rounds = (2, 1, 1) if args.quick else (args.rounds, 2, 2)
+    rounds, jobs, startup_rounds = (2, 1, 1) if args.quick else (args.rounds, 2, 3)
     args.out.mkdir(parents=True, exist_ok=True)
     machine = machine_info()
     began = time.perf_counter()
