@@ -1,12 +1,13 @@
 """The "fast" CPU graph: the embedded int8 export with its convolutions back in float, as 2-D.
 
-onnxruntime runs ``ConvInteger`` with generic kernels, and the decoder's convolutions are most
-of the model's time on CPU. A float ``Conv`` of height 1 is picked up by onnxruntime's NCHWc
-optimisation (ORT_ENABLE_ALL on x86) and runs on its blocked kernels; a float 1-D ``Conv`` is
-not, and is no faster than int8. So each ``ConvInteger`` with its run-time input quantization,
-its run-time-quantized bias and its output rescale becomes one float 2-D ``Conv`` whose weights
-are the dequantized int8 weights ``(Wq - Wz) * Ws`` and whose bias is the original float bias;
-the int8 MatMul and LSTM nodes stay as they are.
+The decoder's convolutions (``ConvInteger`` in the int8 export) are most of the model's time
+on CPU. A float ``Conv`` of height 1 is picked up by onnxruntime's NCHWc optimisation
+(ORT_ENABLE_ALL on x86) and runs on its blocked kernels; a float 1-D ``Conv`` is not. So each
+``ConvInteger`` with its run-time input quantization, its run-time-quantized bias and its output
+rescale becomes one float 2-D ``Conv`` whose weights are the dequantized int8 weights
+``(Wq - Wz) * Ws`` and whose bias is the original float bias; the int8 MatMul and LSTM nodes
+stay as they are. Whether that is faster depends on the CPU: where int8 dot products are fast
+(AVX-512 VNNI) it is not, which is why ``int8`` stays the default (bench/graphs.py measures it).
 
 The graph is built once from the assembled int8 model, checked (onnx checker; a fixed phrase
 whose audio length and pitch track must match the int8 graph's) and cached beside it under a
@@ -64,7 +65,7 @@ class FastGraphError(RuntimeError):
 @dataclass
 class _Replacement:
     """One quantized convolution and what stands in for it."""
-    first: object          # the node the new ones are placed at (the ConvInteger)
+    first: object          # the node the new ones are placed at (the convolution)
     removed: list          # nodes of the quantized pattern that go away outright
     x: str                 # the float input
     weight: np.ndarray     # float, (C_out, C_in/group, k)
@@ -413,7 +414,7 @@ def fast_model_path() -> Path:
     problem = cache_problem(target)
     if problem is None:
         return target
-    log.info("building the fast graph at %s (%s); this takes a minute, once", target, problem)
+    log.info("building the fast graph at %s (%s); this takes a few seconds, once", target, problem)
     record = build(embedded_model_path(), target)
     log.info("fast graph built: %d ConvInteger replaced by float 2-D Conv; check: %s",
              record["nodes"]["conv_integer_replaced"], record["check"])
