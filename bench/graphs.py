@@ -17,7 +17,8 @@ import threading
 import time
 from pathlib import Path
 
-from benchmark import REPLY, ROOT, VOICE, BareEngine, BenchmarkError, ServiceProcess, log, machine_info, run_call
+from benchmark import (REPLY, ROOT, VOICE, BareEngine, BenchmarkError, ServiceProcess, bench_arguments, log,
+                       machine_info, run_call)
 
 from kokoro_daemon.engines import create_engine  # noqa: E402
 from kokoro_daemon.engines.fast_graph import fast_model_path  # noqa: E402
@@ -249,17 +250,12 @@ def run(args) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--voices-dir", type=Path, default=ROOT.parent / "shared" / "voices" / "v1_0",
-                        help="folder holding af_sky.pt (default ../shared/voices/v1_0)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results",
-                        help="where graphs.json and the services' logs go (default bench/results)")
+    parser = bench_arguments(__doc__.splitlines()[0], "graphs.json")
     parser.add_argument("--rounds", type=int, default=6, help="alternating rounds of the latency figures (default 6)")
     parser.add_argument("--quick", action="store_true", help="2 rounds, fewer jobs: a smoke check")
     parser.add_argument("--session-worker", choices=GRAPHS, help=argparse.SUPPRESS)
     parser.add_argument("--phonemes", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    args.voices_dir = args.voices_dir.resolve()
     if args.session_worker:
         session_worker(args.session_worker, args.phonemes, str(args.voices_dir))
         return 0
