@@ -28,7 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kokoro_daemon.engines import create_engine  # noqa: E402
+from kokoro_daemon.engines import DEFAULT_ONNX_GRAPH, create_engine  # noqa: E402
 from kokoro_daemon.g2p import G2PRegistry  # noqa: E402
 from kokoro_daemon.segmenter import split_text  # noqa: E402
 from kokoro_daemon.synthesis import trim_silence  # noqa: E402
@@ -371,11 +371,12 @@ def measure_cache(address, hits: int) -> tuple[dict, list[str]]:
 class BareEngine:
     """The service's engine, phonemizer and voice, in this process, with no service around them."""
 
-    def __init__(self, voices_dir: Path, threads: int | None = None):
-        self.engine = create_engine("onnx", threads=threads)
+    def __init__(self, voices_dir: Path, threads: int | None = None, onnx_graph: str = DEFAULT_ONNX_GRAPH,
+                 g2p: G2PRegistry | None = None):
+        self.engine = create_engine("onnx", threads=threads, onnx_graph=onnx_graph)
         voice = VoiceLibrary(voices_dir).load(VOICE)
         self.pack = voice.pack
-        self.phonemize = G2PRegistry().get(voice.lang)
+        self.phonemize = (g2p or G2PRegistry()).get(voice.lang)
 
     def speak(self, text: str) -> dict:
         """Wall and CPU seconds of phonemize + synthesize (what the service does per segment), and audio seconds.

