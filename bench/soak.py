@@ -777,6 +777,11 @@ def print_report(report: dict) -> None:
           f"max {fmt(c['first_audio_max_s'], '.2f')} s")
     for miss in c["not_heard_whole"][:10]:
         print(f"  call {miss['call_id']} (#{miss['call_seq']}) reply {miss['reply']}: {miss['outcome']}: {miss['why']}")
+    peers = report["misbehaving"]
+    junk, flood = peers["random_bytes"], peers["udp_flood"]
+    print(f"misbehaving peers: {junk.get('connections', 0)} random-bytes connections ({junk.get('after_hello', 0)} "
+          f"after a HELLO, {junk.get('left_open', 0)} left open), {len(peers['stalled_readers'])} stalled readers, "
+          f"{flood.get('bursts', 0)} UDP bursts of {sum(n for k, n in flood.items() if k != 'bursts')} datagrams")
     print("\ndrops counted by the service over the soak, beside its log lines:")
     for row in report["drops"]:
         named = ", ".join(f"{source} {n:g}" for source, n in row["in_log_lines"].items()) or "none"
