@@ -241,7 +241,7 @@ class HttpApi:
     async def health(self, request: web.Request) -> web.Response:
         voice, speed = self.service.voice_setting.get()
         engine = self.service.engine
-        return web.json_response({"ready": True, "engine": engine.name, "device": engine.device,
+        return web.json_response({"ready": True, "engine": engine.label, "device": engine.device,
                                   "voice": voice.spec, "speed": speed, "calls": len(self.service.registry),
                                   "uptime_s": round(time.time() - self.service.started_at, 1)})
 

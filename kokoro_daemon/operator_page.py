@@ -55,7 +55,7 @@ class OperatorPage:
         service = self.service
         voice, speed = service.voice_setting.get()
         return web.json_response({
-            "engine": service.engine.name, "device": service.engine.device, "voice": voice.spec, "speed": speed,
+            "engine": service.engine.label, "device": service.engine.device, "voice": voice.spec, "speed": speed,
             "uptime_s": time.time() - service.started_at, "settings_via": self._settings_via(),
             "calls": [dataclasses.asdict(call) for call in service.registry.snapshot()],
             "history": service.telemetry.history(), "counters": counters(),

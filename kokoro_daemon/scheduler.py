@@ -281,8 +281,13 @@ class Scheduler:
             voice, speed = listener.voice or self.current_voice()
             started = time.monotonic()
             audio, synthesized = self.synthesizer.speak(segment.text, voice, speed, worker)
+            took = time.monotonic() - started
             if synthesized:
-                self.cost.observe(len(segment.text), time.monotonic() - started)
+                self.cost.observe(len(segment.text), took)
+            log.debug("%s: %d characters in %.3f s (%.3f s expected) for %.3f s of audio, %.3f s before it was "
+                      "needed", printable(listener.call_id), len(segment.text), took,
+                      self.cost.estimate(len(segment.text)), audio.size / self.synthesizer.engine.sample_rate,
+                      listener.dry_at() - time.monotonic())
             if audio.size == 0:
                 metrics.SEGMENTS_SILENT.inc()
                 log.warning("%s: segment %s has nothing speakable; skipped", printable(listener.call_id),

@@ -190,7 +190,7 @@ def test_models_voices_health_and_metrics(http_service, client):
     status, body = get(http_service, "/health")
     health = json.loads(body)
     assert status == 200 and health["ready"] is True
-    assert (health["engine"], health["device"], health["voice"]) == ("onnx", "cpu", "af_sky")
+    assert (health["engine"], health["device"], health["voice"]) == ("onnx (int8 graph)", "cpu", "af_sky")
     status, body = get(http_service, "/metrics")
     assert status == 200 and b"kokoro_http_speech_total" in body and b"kokoro_frames_sent_total" in body
 
