@@ -36,6 +36,15 @@ _SPEAKABLE = re.compile(r"[^\W_]")
 _WORD = re.compile(r"\S+")
 _NONSPACE = re.compile(r"\S*")
 _TERMINAL_RUN = re.compile(f"[{_TERMINAL}]+")
+# A word that ends a clause, as _CLAUSE_IN_TEXT finds it: a mark at its end, or a spaced hyphen.
+_CLAUSE_WORD = re.compile(f"(?:.*[,;:—–]|-)[{re.escape(_CLOSERS)}]*", re.S)
+_DIGIT = re.compile(r"\d")
+
+# A first segment of about N words: a clause mark within this many words of the N-th is
+# preferred, a word cut may move this many words on, and at least _MIN_REST_WORDS words
+# of the sentence must follow the cut.
+_WORDS_SLACK = 2
+_MIN_REST_WORDS = 3
 
 # Returned by the boundary checks when the text after a mark has not arrived.
 _WAIT = object()
@@ -54,10 +63,15 @@ class SentenceSegmenter:
     with ``buffered_chars``.
     """
 
-    def __init__(self, first_clause_min_chars: int = 20, max_chars: int = 300):
+    def __init__(self, first_clause_min_chars: int = 20, max_chars: int = 300, first_words: int | None = None):
+        """``first_words`` None: a reply's first segment ends at its first clause of at least
+        ``first_clause_min_chars``; N: after about N words (see ``_words_cut``)."""
         if max_chars < 1:
             raise ValueError("max_chars must be at least 1")
+        if first_words is not None and first_words < 1:
+            raise ValueError("first_words must be at least 1")
         self.first_clause_min_chars = first_clause_min_chars
+        self.first_words = first_words
         self.max_chars = max_chars
         self._buf = ""
         self._first = True
@@ -127,7 +141,13 @@ class SentenceSegmenter:
         end, resume = self._find_boundary(final)
         # Text up to `end` belongs to the next segment whatever follows, so an
         # over-long sentence can be cut before its end arrives.
-        if self._overlong_at is not None and end >= self._overlong_at:
+        overlong = self._overlong_at is not None and end >= self._overlong_at
+        if self._first and self.first_words is not None:
+            # The words before the over-long point are all the segment will ever have.
+            cut = self._words_cut(self._overlong_at if overlong else end, complete=overlong or resume is not None)
+            if cut is not None:
+                return cut, cut
+        if overlong:
             split = self._overlong_split()
             return split, split
         return None if resume is None else (end, resume)
@@ -160,8 +180,9 @@ class SentenceSegmenter:
                 found = self._line_break(start)
             else:
                 i = start + 1
-                # A segment's first character has nothing before it to space a dash off.
-                if not self._first or (start == self._pos and buf[start] == "-"):
+                # A segment's first character has nothing before it to space a dash off;
+                # a first segment of about N words weighs its clause marks in _words_cut.
+                if not self._first or self.first_words is not None or (start == self._pos and buf[start] == "-"):
                     continue
                 found = self._clause_end(start)
             if found is _WAIT:
@@ -289,6 +310,51 @@ class SentenceSegmenter:
         if end == len(self._buf):
             return _WAIT
         return (end, end) if self._buf[end].isspace() else None
+
+    def _words_cut(self, end: int, complete: bool) -> int | None:
+        """Where to end a first segment of about ``first_words`` words in ``_buf[_pos:end]``, or None.
+
+        ``complete``: the segment ends at ``end``; else more words may follow, and only
+        words followed by a space count. The cut is after the clause mark nearest the
+        N-th word (within _WORDS_SLACK, the later on a tie), else after the first of
+        words N to N + _WORDS_SLACK that a word may follow alone: none where a digit is on
+        either side (times, money, dates, codes, "8 AM", "3 to 5"), nor inside a name
+        (see _read_together). It leaves _MIN_REST_WORDS words or more. It is decided
+        from the first N + _WORDS_SLACK + _MIN_REST_WORDS words, so it is the same
+        however the text arrives: until they are here, or the segment is complete, None.
+        """
+        n, buf = self.first_words, self._buf
+        enough = n + _WORDS_SLACK + _MIN_REST_WORDS
+        words, counted = [], 0
+        for match in _WORD.finditer(buf, self._pos, end):
+            if not complete and match.end() == end and not buf[end : end + 1].isspace():
+                break  # the word may go on
+            counted += _SPEAKABLE.search(match.group()) is not None
+            words.append((match.group(), match.end(), counted))
+            if counted == enough:
+                break
+        if counted < enough and not complete:
+            return None
+        clauses, plain = [], None
+        for (word, word_end, count), (following, _, _) in zip(words, words[1:]):
+            if counted - count < _MIN_REST_WORDS or count > n + _WORDS_SLACK:
+                break
+            digits = _DIGIT.search(word) is not None, _DIGIT.search(following) is not None
+            if count >= max(1, n - _WORDS_SLACK) and _CLAUSE_WORD.fullmatch(word) and not all(digits):
+                clauses.append((abs(count - n), -count, word_end))
+            elif plain is None and count >= n and not any(digits) and not self._read_together(word, following):
+                plain = word_end
+        return min(clauses)[2] if clauses else plain
+
+    @staticmethod
+    def _read_together(word: str, following: str) -> bool:
+        """Whether two words are read as one: a title or initial and a name ("Dr. Smith", "J. Smith"),
+        a name of several words ("Baker Street"); a symbol goes with its neighbours."""
+        word, following = word.lstrip(_OPENERS), following.lstrip(_OPENERS)
+        lowered = word.lower()
+        return (lowered in _TITLES or lowered + "." in _TITLES or lowered == "no."
+                or _INITIALS.fullmatch(word) is not None or (word[:1].isupper() and following[:1].isupper())
+                or not (_SPEAKABLE.search(word) and _SPEAKABLE.search(following)))
 
     def _overlong_split(self) -> int:
         """Where to cut the segment to keep its first piece within max_chars.

@@ -378,3 +378,110 @@ def test_incremental_segmenting_matches_brute_force(case, data):
     for _ in range(2):  # a second reply on the same objects starts clean
         assert [fast.add_chunk(c) for c in chunks] == [reference.add_chunk(c) for c in chunks]
         assert fast.finish() == reference.finish()
+
+
+# --- A first segment of about N words (first_words) ---------------------------------------------------
+
+FIRST_WORDS_CASES = [
+    ("word cut", 2, "Your appointment is booked for Monday, June 9th at 10:15 AM.",
+     ["Your appointment", "is booked for Monday, June 9th at 10:15 AM."]),
+    ("clause mark two words on is preferred", 4, "Your appointment is booked for Monday, June 9th at 10:15 AM.",
+     ["Your appointment is booked for Monday,", "June 9th at 10:15 AM."]),
+    ("clause mark a word before", 2, "Goodbye, and have a wonderful day.", ["Goodbye,", "and have a wonderful day."]),
+    ("on a tie the later clause mark", 4, "Yes sir, we have three openings, all of them in the morning.",
+     ["Yes sir, we have three openings,", "all of them in the morning."]),
+    ("clause mark too far", 2, "We have two openings left this week: Wednesday or Friday.",
+     ["We have", "two openings left this week: Wednesday or Friday."]),
+    ("not beside a number", 4, "Your balance of $1,250 is due on the 1st of next month.",
+     ["Your balance of $1,250 is", "due on the 1st of next month."]),
+    ("not inside a time", 6, "Our office is open from 8 AM to 6 PM, Monday through Friday.",
+     ["Our office is open from 8 AM", "to 6 PM, Monday through Friday."]),
+    ("not between a date and its year", 6, "Your visit is on June 9, 2026 at noon, see you.",
+     ["Your visit is on June 9, 2026 at", "noon, see you."]),
+    ("not after a title", 3, "Please ask Dr. Lee about the results today.",
+     ["Please ask Dr. Lee", "about the results today."]),
+    ("not after an initial", 1, "J. Smith will call you back today.", ["J. Smith", "will call you back today."]),
+    ("not inside a name", 6, "The clinic is located at 221 Baker Street on the second floor.",
+     ["The clinic is located at 221 Baker Street", "on the second floor."]),
+    ("a URL stays whole", 2, "Visit www.example.com/path for all the details.",
+     ["Visit www.example.com/path", "for all the details."]),
+    ("no tiny remainder", 2, "Thank you for calling. How can I help?", ["Thank you for calling.", "How can I help?"]),
+    ("nowhere to cut", 2, "Call 555-0142 or 555-0199 at 9 AM.", ["Call 555-0142 or 555-0199 at 9 AM."]),
+    ("only the first segment", 2, "Sure thing. I can look up your account right now for you.",
+     ["Sure thing.", "I can look up your account right now for you."]),
+    ("a list item counts its words", 1, "- Billing questions go to the second desk.",
+     ["- Billing", "questions go to the second desk."]),
+]
+
+
+@pytest.mark.parametrize("words,text,expected", [c[1:] for c in FIRST_WORDS_CASES],
+                         ids=[c[0] for c in FIRST_WORDS_CASES])
+def test_first_segment_of_about_n_words(words, text, expected):
+    assert split_text(text, first_words=words) == expected
+
+
+def test_first_words_within_max_chars():
+    assert split_text("alpha beta gamma delta epsilon zeta eta", first_words=4, max_chars=20) == \
+        ["alpha beta gamma", "delta epsilon zeta", "eta"]
+
+
+def test_first_words_must_be_positive():
+    with pytest.raises(ValueError):
+        SentenceSegmenter(first_words=0)
+
+
+def test_first_words_waits_for_the_words_that_decide_the_cut():
+    tokens = re.findall(r"\s*\S+", "Please remember to bring your insurance card and a photo ID. Thanks.")
+    per_chunk, final = stream(tokens, first_words=2)
+    emitted = [(tokens[i], segs) for i, segs in enumerate(per_chunk) if segs]
+    # Words 3 to 7 show no clause mark nor end; "card" is known whole once the space after it comes.
+    assert emitted == [(" and", ["Please remember"]),
+                       (" ID.", ["to bring your insurance card and a photo ID."]),
+                       (" Thanks.", ["Thanks."])]
+    assert final == []
+
+
+def test_each_reply_gets_its_own_first_words_cut():
+    segmenter = SentenceSegmenter(first_words=2)
+    assert segmenter.add_chunk("Let me transfer you to billing. Please hold on for me.") == \
+        ["Let me", "transfer you to billing.", "Please hold on for me."]
+    assert segmenter.finish() == []
+    assert segmenter.add_chunk("Your order ships out on Friday morning.") == ["Your order", "ships out on Friday morning."]
+
+
+words_options = st.fixed_dictionaries(
+    {"first_words": st.integers(1, 8), "max_chars": st.one_of(st.integers(1, 30), st.integers(31, 300))})
+
+
+@settings(max_examples=400, deadline=None)
+@given(texts, words_options)
+def test_first_words_keeps_every_word(text, kwargs):
+    longest = max((len(w) for w in text.split()), default=1)
+    kwargs["max_chars"] = max(kwargs["max_chars"], longest)
+    segments = split_text(text, **kwargs)
+    assert speakable_words(" ".join(segments)) == speakable_words(text)
+    assert all(len(s) <= kwargs["max_chars"] and s == s.strip() for s in segments)
+
+
+@settings(max_examples=400, deadline=None)
+@given(texts, words_options, st.data())
+def test_first_words_streaming_matches_whole_text(text, kwargs, data):
+    cuts = data.draw(st.lists(st.integers(0, len(text)), max_size=10))
+    cuts = [c for c in cuts if not CHUNK_FINAL_AMBIGUITY.search(text[:c])]
+    per_chunk, final = stream(chunked(text, cuts), **kwargs)
+    assert [s for segs in per_chunk for s in segs] + final == split_text(text, **kwargs)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.one_of(st.tuples(texts, words_options),
+                 st.tuples(dense_texts, st.fixed_dictionaries({"first_words": st.integers(1, 4),
+                                                               "max_chars": st.integers(1, 20)}))), st.data())
+def test_first_words_incremental_matches_brute_force(case, data):
+    text, kwargs = case
+    every = data.draw(st.integers(0, 3))
+    cuts = range(0, len(text), every) if every else data.draw(st.lists(st.integers(0, len(text)), max_size=12))
+    chunks = chunked(text, cuts)
+    fast, reference = SentenceSegmenter(**kwargs), BruteForce(**kwargs)
+    for _ in range(2):
+        assert [fast.add_chunk(c) for c in chunks] == [reference.add_chunk(c) for c in chunks]
+        assert fast.finish() == reference.finish()
