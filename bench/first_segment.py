@@ -160,6 +160,7 @@ def decide(timing: dict, wer: dict) -> dict:
     """The fastest policy that loses no more than WER_TOLERANCE on the phrases in any voice, and those within noise of it.
 
     Noise: the spread over rounds of each policy's first-segment time relative to clause's.
+    Beside the rule: the policies that leave more texts than clause with a silence between segments.
     """
     loss = {policy: {voice: wer[voice][policy]["phrase"] - wer[voice][BASELINE]["phrase"] for voice in wer}
             for policy in POLICIES}
@@ -167,9 +168,11 @@ def decide(timing: dict, wer: dict) -> dict:
     chosen = min(eligible, key=lambda policy: timing[policy]["first_segment_s_p50"])
     within_noise = [policy for policy in eligible if policy != chosen
                     and overlaps(timing[policy]["ratio_to_clause_per_round"], timing[chosen]["ratio_to_clause_per_round"])]
+    adds_silence = [policy for policy in POLICIES if timing[policy]["texts_with_gap"] > timing[BASELINE]["texts_with_gap"]]
     return {"rule": f"fastest first segment (median over the phrases) among the policies whose WER on the phrases "
                     f"is at most {WER_TOLERANCE} above {BASELINE}'s in every voice",
-            "wer_loss": loss, "eligible": eligible, "chosen": chosen, "within_noise_of_chosen": within_noise}
+            "wer_loss": loss, "eligible": eligible, "chosen": chosen, "within_noise_of_chosen": within_noise,
+            "adds_silence": adds_silence}
 
 
 # -- report ------------------------------------------------------------------------------
@@ -198,6 +201,9 @@ def print_report(report: dict) -> None:
     print(f"\ndecision: {decision['rule']}: {decision['chosen']} (eligible: {', '.join(decision['eligible'])}"
           + (f"; within noise of it: {', '.join(decision['within_noise_of_chosen'])}" if decision["within_noise_of_chosen"]
              else "") + ")")
+    if decision["adds_silence"]:
+        print(f"more texts than {BASELINE} with a silence over {AUDIBLE_GAP_S} s between segments: "
+              + ", ".join(decision["adds_silence"]))
 
 
 def main() -> int:

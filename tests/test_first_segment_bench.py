@@ -19,8 +19,8 @@ def test_a_segment_that_takes_longer_than_the_audio_before_it_is_heard_as_silenc
     assert playout_gaps(["a"], synth_s, audio_s) == []
 
 
-def timing(first_s, rounds):
-    return {"first_segment_s_p50": first_s, "ratio_to_clause_per_round": rounds}
+def timing(first_s, rounds, texts_with_gap=0):
+    return {"first_segment_s_p50": first_s, "ratio_to_clause_per_round": rounds, "texts_with_gap": texts_with_gap}
 
 
 @pytest.mark.parametrize("words2_loss,chosen,within_noise", [
@@ -28,7 +28,7 @@ def timing(first_s, rounds):
     (0.004, "words:2", []),           # a loss within the tolerance is allowed
 ])
 def test_the_fastest_policy_that_loses_no_words_is_chosen(words2_loss, chosen, within_noise):
-    times = {"clause": timing(1.0, [1.0, 1.0]), "words:2": timing(0.5, [0.45, 0.55]),
+    times = {"clause": timing(1.0, [1.0, 1.0], 1), "words:2": timing(0.5, [0.45, 0.55], 5),
              "words:4": timing(0.7, [0.6, 0.8]), "words:6": timing(0.8, [0.75, 0.9])}
     wer = {voice: {"clause": {"phrase": 0.03}, "words:2": {"phrase": 0.03}, "words:4": {"phrase": 0.034},
                    "words:6": {"phrase": 0.02}} for voice in ("af_sky", "am_adam")}
@@ -36,3 +36,4 @@ def test_the_fastest_policy_that_loses_no_words_is_chosen(words2_loss, chosen, w
     decision = decide(times, wer)
     assert (decision["chosen"], decision["within_noise_of_chosen"]) == (chosen, within_noise)
     assert decision["wer_loss"]["words:2"]["am_adam"] == pytest.approx(words2_loss)
+    assert decision["adds_silence"] == ["words:2"]
