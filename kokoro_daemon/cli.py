@@ -11,7 +11,7 @@ import threading
 
 from .calls import LINK_MODES, ROUTING_MODES, Routing
 from .config_db import ConfigDB, ConfigWatcher, StatusReporter
-from .engines import DEFAULT_ONNX_GRAPH, ENGINE_CHOICES, ONNX_GRAPHS
+from .engines import CPU_ONNX_WORKERS, DEFAULT_ONNX_GRAPH, ENGINE_CHOICES, ONNX_GRAPHS
 from .scheduler import SCHEDULES
 from .server import LOOPBACK, KokoroService, ServiceConfig, check_speed
 from .voices import VoiceError, VoiceLibrary
@@ -20,7 +20,6 @@ log = logging.getLogger("kokoro_service")
 
 DEFAULT_VOICE = "af_sky"
 EXIT_DISABLED = 3
-DEFAULT_ENGINE_WORKERS = 1
 
 
 def _env(name: str, default=None, kind=str):
@@ -102,9 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", choices=SCHEDULES, default=_env("KOKORO_SCHEDULE", "playout"),
                    help="playout: serve the caller whose audio runs out soonest; round-robin: one segment per call "
                         "in turn (default playout) [KOKORO_SCHEDULE]")
-    p.add_argument("--engine-workers", type=int, default=_env("KOKORO_ENGINE_WORKERS", DEFAULT_ENGINE_WORKERS, int),
-                   help=f"engines (each a model behind its own lock) speaking different calls at once "
-                        f"(default {DEFAULT_ENGINE_WORKERS}) [KOKORO_ENGINE_WORKERS]")
+    p.add_argument("--engine-workers", type=int, default=_env("KOKORO_ENGINE_WORKERS", None, int),
+                   help=f"engine copies (each a model behind its own lock) speaking different calls at once; "
+                        f"default {CPU_ONNX_WORKERS} for onnx on CPU, else 1 [KOKORO_ENGINE_WORKERS]")
     p.add_argument("--allow-from", default=_env("KOKORO_ALLOW_FROM", ",".join(LOOPBACK)),
                    help="comma-separated addresses or networks whose REGISTER/BYE datagrams are obeyed "
                         "(default loopback) [KOKORO_ALLOW_FROM]")

@@ -63,7 +63,7 @@ class ServiceConfig:
     hello_timeout_s: float = 30.0
     hub_download: bool = False
     schedule: str = "playout"
-    engine_workers: int = 1
+    engine_workers: int | None = None   # None: engines.default_workers
     engine_threads: int | None = None
     allow_from: tuple[str, ...] = LOOPBACK
     routing: Routing = field(default_factory=Routing)
@@ -324,7 +324,7 @@ class KokoroService:
         self.engine = engine
         self.voices = VoiceLibrary(config.voices_dir, hub_download=config.hub_download)
         self.g2p = g2p or G2PRegistry()
-        self.telemetry = Telemetry(config.engine_workers)
+        self.telemetry = Telemetry()
         self.voice_setting: VoiceSetting | None = None
         self.synthesizer: Synthesizer | None = None
         self.scheduler: Scheduler | None = None
@@ -376,6 +376,7 @@ class KokoroService:
             engines_ready = pool.submit(self._load_engines, voice)
             phonemizer = self.g2p.get(voice.lang)
             engines = engines_ready.result()
+        self.telemetry.workers = len(engines)
         self.voice_setting = VoiceSetting(voice, cfg.speed)
         self.synthesizer = Synthesizer(engines, self.g2p, AudioCache(int(cfg.cache_mb * 1024 * 1024)), self.telemetry)
         self.scheduler = Scheduler(self.synthesizer, self.voice_setting.get, cfg.schedule, cfg.routing.max_lead_s)
@@ -412,8 +413,9 @@ class KokoroService:
         if self.engine is None:
             self.engine = create_engine(cfg.engine, cfg.device, cfg.model, cfg.model_config, cfg.engine_threads,
                                         cfg.onnx_graph)
+        workers = cfg.engine_workers or default_workers(self.engine)
         engines = [self.engine] + [create_engine(self.engine.name, cfg.device, cfg.model, cfg.model_config,
-                                                 cfg.engine_threads, cfg.onnx_graph) for _ in range(cfg.engine_workers - 1)]
+                                                 cfg.engine_threads, cfg.onnx_graph) for _ in range(workers - 1)]
         for engine in engines:
             engine.synthesize(WARMUP_PHONEMES, voice.pack, cfg.speed)
         return engines

@@ -41,7 +41,8 @@ def g2p():
 @contextmanager
 def running_service(engine, g2p, **overrides):
     routing = overrides.pop("routing", Routing())
-    config = replace(ServiceConfig(host="127.0.0.1", tcp_port=0, udp_port=0, device="cpu",
+    # one engine worker unless a test asks for more: every service here shares the session's one model
+    config = replace(ServiceConfig(host="127.0.0.1", tcp_port=0, udp_port=0, device="cpu", engine_workers=1,
                                    voices_dir=str(VOICES_DIR), routing=routing), **overrides)
     service = KokoroService(config, engine=engine, g2p=g2p)
     service.start()

@@ -216,3 +216,22 @@ def test_random_bytes_never_take_the_service_down(service, data, after_hello):
     with LlamaClient(service.tcp_address, "4112" if after_hello else None, timeout=10) as client:
         client.send_raw(data)
     checked_audio(reply_frames(service.tcp_address, "4113", "Still fine."))
+
+
+def test_two_engine_workers_speak_two_calls_at_once(make_service):
+    """The default on CPU: a second ONNX session beside the first, each call's frames still in order."""
+    doubled = make_service(engine_workers=2, cache_mb=0)
+    assert doubled.synthesizer.workers == 2
+    results = {}
+
+    def run(call_id, text):
+        results[call_id] = reply_frames(doubled.tcp_address, call_id, text)
+
+    threads = [threading.Thread(target=run, args=(cid, text)) for cid, text in
+               (("w-1", "The first caller hears this. Then a second sentence."),
+                ("w-2", "The second caller hears something else. And more of it."))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert checked_audio(results["w-1"]).size != checked_audio(results["w-2"]).size
