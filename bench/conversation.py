@@ -25,6 +25,7 @@ import numpy as np
 
 from benchmark import (ROOT, BareEngine, BenchmarkError, ServiceProcess, bench_arguments, free_port, log,
                        machine_info, mean_of_passes, write_results)
+from engine_layout import layouts, throughput
 
 sys.path.insert(0, str(ROOT / "tests"))
 from peers import DialInProcessor, LlamaDied, LlamaPeer  # noqa: E402
@@ -371,13 +372,12 @@ def run_level(service: ServiceUnderTest, plans: list[list[TurnPlan]], timeout_s:
 # -- the physical bound ---------------------------------------------------------------------
 
 class BareLayouts:
-    """The bare engine in each thread layout: one session on all cores, or one single-thread session per core."""
+    """The bare engine in each thread layout of bench/engine_layout.py."""
 
     def __init__(self, voices_dir: Path):
-        cores = os.cpu_count() or 1
-        self.layouts = {f"1 session x {cores} threads": [BareEngine(voices_dir)]}
-        if cores > 1:
-            self.layouts[f"{cores} sessions x 1 thread"] = [BareEngine(voices_dir, threads=1) for _ in range(cores)]
+        self.layouts = {f"{workers} session(s) x {threads} thread(s)": [BareEngine(voices_dir, threads=threads)
+                                                                         for _ in range(workers)]
+                        for workers, threads in layouts(os.cpu_count() or 1)}
         for engines in self.layouts.values():
             for engine in engines:
                 engine.speak(BARE_TEXTS[0])
@@ -385,29 +385,6 @@ class BareLayouts:
     def measure(self, texts: tuple[str, ...]) -> dict[str, float]:
         """Audio seconds per wall second of each layout, all its sessions busy on ``texts`` at once."""
         return {name: throughput(engines, texts) for name, engines in self.layouts.items()}
-
-
-def throughput(engines: list[BareEngine], texts: tuple[str, ...]) -> float:
-    work = list(texts)
-    lock, audio = threading.Lock(), []
-
-    def worker(engine: BareEngine) -> None:
-        while True:
-            with lock:
-                if not work:
-                    return
-                text = work.pop(0)
-            seconds = engine.speak(text)["audio_s"]
-            with lock:
-                audio.append(seconds)
-
-    began = time.perf_counter()
-    threads = [threading.Thread(target=worker, args=(e,)) for e in engines]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return sum(audio) / (time.perf_counter() - began)
 
 
 # -- report ----------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from . import metrics
 from .calls import Call, CallRegistry, Routing
-from .engines import DEFAULT_ONNX_GRAPH, Engine, create_engine
+from .engines import DEFAULT_ONNX_GRAPH, Engine, create_engine, default_workers
 from .g2p import G2PRegistry
 from .http_server import HttpServer
 from .protocol import Bye, PeerClosed, ProtocolError, parse_datagram, printable, read_hello, read_message
