@@ -34,7 +34,7 @@ def caller(address, index: int, stop: threading.Event, phase: list[str], ttfa: d
     n = 0
     while not stop.is_set():
         began_in = phase[0]
-        result = run_call(address, f"{9000 + index * 1000 + n}", REPLY)
+        result = run_call(address, f"caller-{index}-{n}", REPLY)  # named: audio comes straight back
         n += 1
         if result.error or result.first_at is None:
             errors.append(f"caller {index}: {result.error or 'no audio'}")
