@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 SCHEDULES = ("playout", "round-robin")
 MERGE_MAX_CHARS = 240
-SPLIT_MIN_CHARS = 60
+SPLIT_MIN_CHARS = 40
 SAFETY_S = 0.3
 MAX_JOIN_S = 2.0
 UNDERRUN_S = 0.25
@@ -94,7 +94,9 @@ class Scheduler:
         self.current_voice = current_voice
         self.schedule = schedule
         self.max_lead_s = max_lead_s
-        self.cost = SynthesisCost()
+        # one estimate per number of workers busy at once, since segments that share the cores take longer
+        self.costs = [SynthesisCost(0.02 * sharing) for sharing in range(1, synthesizer.workers + 1)]
+        self._busy = 0
         self._work: dict[int, _Work] = {}
         self._turns: deque[_Work] = deque()  # round-robin order of listeners with waiting segments
         self._cond = threading.Condition()
@@ -207,7 +209,7 @@ class Scheduler:
                         "mid-reply %d time(s) since the last warning", waiting, len(self._threads), self._underruns)
             self._underruns = 0
 
-    def _next_segment(self, work: _Work, now: float) -> Segment:
+    def _next_segment(self, work: _Work, now: float, cost: SynthesisCost) -> Segment:
         """Lock held: the work's next segment, joined with or cut to fit the time its caller has left."""
         head = work.segments.popleft()
         if not head.text or head.opens_reply:
@@ -217,7 +219,7 @@ class Scheduler:
             budget = float("inf") if joinable else 0.0
         else:
             budget = min(work.listener.dry_at() - now - SAFETY_S, MAX_JOIN_S)
-        if self.schedule == "playout" and budget < self.cost.estimate(len(head.text)) \
+        if self.schedule == "playout" and budget < cost.estimate(len(head.text)) \
                 and len(head.text) >= SPLIT_MIN_CHARS:
             pieces = split_text(head.text)
             if len(pieces) > 1:
@@ -231,13 +233,14 @@ class Scheduler:
                 ends_reply = work.segments.popleft().ends_reply
                 continue
             size = sum(len(t) + 1 for t in texts) + len(following.text)
-            if size > MERGE_MAX_CHARS or self.cost.estimate(size) > budget:
+            if size > MERGE_MAX_CHARS or cost.estimate(size) > budget:
                 break
             texts.append(work.segments.popleft().text)
             ends_reply = following.ends_reply
         return Segment(" ".join(texts), head.reply, False, ends_reply, head.arrived_at)
 
-    def _take(self) -> tuple[_Work, Segment] | None:
+    def _take(self) -> tuple[_Work, Segment, SynthesisCost] | None:
+        """The next work and its segment, and the cost estimate for the number of workers now busy."""
         with self._cond:
             while not self._stopping:
                 now = time.monotonic()
@@ -245,12 +248,15 @@ class Scheduler:
                 if work is not None:
                     work.in_flight = True
                     self._turns.remove(work)
-                    return work, self._next_segment(work, now)
+                    self._busy += 1
+                    cost = self.costs[self._busy - 1]
+                    return work, self._next_segment(work, now, cost), cost
                 self._cond.wait(None if wake_at is None else max(0.0, wake_at - now))
             return None
 
     def _done(self, work: _Work) -> None:
         with self._cond:
+            self._busy -= 1
             work.in_flight = False
             if work.segments:
                 self._turns.append(work)
@@ -261,9 +267,9 @@ class Scheduler:
     # -- speaking -------------------------------------------------------------------------
     def _run(self, worker: int) -> None:
         while (taken := self._take()) is not None:
-            work, segment = taken
+            work, segment, cost = taken
             try:
-                self._speak(work.listener, segment, worker)
+                self._speak(work.listener, segment, worker, cost)
             except Exception:
                 metrics.SEGMENTS_FAILED.inc()
                 log.exception("%s: could not speak segment %s", printable(work.listener.call_id),
@@ -271,7 +277,7 @@ class Scheduler:
             finally:
                 self._done(work)
 
-    def _speak(self, listener, segment: Segment, worker: int) -> None:
+    def _speak(self, listener, segment: Segment, worker: int, cost: SynthesisCost) -> None:
         rate = self.synthesizer.engine.sample_rate
         audio = np.zeros(0, dtype=np.float32)
         if segment.text:
@@ -280,14 +286,15 @@ class Scheduler:
                 return
             voice, speed = listener.voice or self.current_voice()
             started = time.monotonic()
+            needed_in = listener.dry_at() - started
             audio, synthesized = self.synthesizer.speak(segment.text, voice, speed, worker)
             took = time.monotonic() - started
             if synthesized:
-                self.cost.observe(len(segment.text), took)
-            log.debug("%s: %d characters in %.3f s (%.3f s expected) for %.3f s of audio, %.3f s before it was "
-                      "needed", printable(listener.call_id), len(segment.text), took,
-                      self.cost.estimate(len(segment.text)), audio.size / self.synthesizer.engine.sample_rate,
-                      listener.dry_at() - time.monotonic())
+                cost.observe(len(segment.text), took)
+            log.debug("%s: %d characters in %.3f s (%.3f s expected) for %.3f s of audio; its caller had %.3f s "
+                      "left", printable(listener.call_id), len(segment.text), took,
+                      cost.estimate(len(segment.text)), audio.size / self.synthesizer.engine.sample_rate,
+                      needed_in)
             if audio.size == 0:
                 metrics.SEGMENTS_SILENT.inc()
                 log.warning("%s: segment %s has nothing speakable; skipped", printable(listener.call_id),
