@@ -85,6 +85,29 @@ class SynthesisCost:
             self.seconds_per_char += 0.2 * (seconds / (chars + self.OVERHEAD_CHARS) - self.seconds_per_char)
 
 
+# Words that open a phrase: a sentence cut just before one still sounds whole on both sides.
+PHRASE_OPENERS = frozenset("""about after and as at because before but by during for from if in into like on or
+since so than that to until when where which while who with within without""".split())
+CUT_WORDS = range(3, 11)
+
+
+def shortest_piece(text: str, budget: float, cost: SynthesisCost) -> tuple[str, str] | None:
+    """(piece, rest) for a caller about to run out of audio: the sentence's first clause, else its longest
+    opening phrase (cut before a preposition or conjunction) that fits ``budget``, else its shortest one.
+    None when no such cut exists, since a cut anywhere else is heard."""
+    pieces = split_text(text)
+    if len(pieces) > 1:
+        return pieces[0], " ".join(pieces[1:])
+    cuts = []
+    for words in CUT_WORDS:
+        pieces = split_text(text, first_words=words)
+        if len(pieces) == 2 and pieces[1].split()[0].lower() in PHRASE_OPENERS and pieces not in cuts:
+            cuts.append(pieces)
+    fitting = [piece for piece in cuts if cost.estimate(len(piece[0])) <= budget]
+    chosen = fitting[-1] if fitting else (cuts[0] if cuts else None)
+    return (chosen[0], chosen[1]) if chosen else None
+
+
 class Scheduler:
     def __init__(self, synthesizer: Synthesizer, current_voice: Callable[[], tuple[Voice, float]],
                  schedule: str = "playout", max_lead_s: float = 6.0):
@@ -221,11 +244,10 @@ class Scheduler:
             budget = min(work.listener.dry_at() - now - SAFETY_S, MAX_JOIN_S)
         if self.schedule == "playout" and budget < cost.estimate(len(head.text)) \
                 and len(head.text) >= SPLIT_MIN_CHARS:
-            pieces = split_text(head.text)
-            if len(pieces) > 1:
-                rest = " ".join(pieces[1:])
-                work.segments.appendleft(Segment(rest, head.reply, False, head.ends_reply, head.arrived_at))
-                return Segment(pieces[0], head.reply, False, False, head.arrived_at)
+            cut = shortest_piece(head.text, budget, cost)
+            if cut is not None:
+                work.segments.appendleft(Segment(cut[1], head.reply, False, head.ends_reply, head.arrived_at))
+                return Segment(cut[0], head.reply, False, False, head.arrived_at)
         texts, ends_reply = [head.text], head.ends_reply
         while work.segments and not ends_reply and not work.segments[0].opens_reply:
             following = work.segments[0]

@@ -16,7 +16,7 @@ import pytest
 
 from kokoro_daemon import metrics
 from kokoro_daemon.engines import Engine
-from kokoro_daemon.scheduler import SCHEDULES, Scheduler, SynthesisCost
+from kokoro_daemon.scheduler import SCHEDULES, Scheduler, SynthesisCost, shortest_piece
 from kokoro_daemon.synthesis import AudioCache, Synthesizer
 from kokoro_daemon.voices import Voice
 from peers import LlamaClient, send_datagram
@@ -348,3 +348,16 @@ def test_a_caller_who_ran_dry_mid_reply_is_not_starved_by_newer_replies(stub):
     engine.release()
     drained(scheduler, starving, *newer)
     assert engine.order[1] == "rest of my reply"
+
+
+@pytest.mark.parametrize("text, piece", [
+    ("Your appointment with the hygienist, which we moved, is on Monday.", "Your appointment with the hygienist,"),
+    ("It is for two people on Saturday at 7:30 PM.", "It is for two people"),
+    ("You will get a text message when it is out for delivery.", "You will get a text message"),
+    ("Your package left our warehouse this morning.", None),  # no phrase boundary: better whole than cut
+])
+def test_a_sentence_is_cut_at_its_first_clause_or_before_a_phrase(text, piece):
+    cut = shortest_piece(text, 0.1, SynthesisCost(0.02))
+    assert (cut[0] if cut else None) == piece
+    if cut:
+        assert f"{cut[0]} {cut[1]}" == text
