@@ -11,7 +11,9 @@ the next sentence alone (or only its first clause) when the caller is about to r
 following sentences joined into one model call when there is lead to spare (each model
 call pays for its own lead-in and trailing silence, so fewer calls speak more per second),
 up to MAX_JOIN_S of engine time, which bounds how long a new reply on another call can wait
-for a worker. With several workers, HTTP requests never take the last free one.
+for a worker. With several workers, the last free one is kept for the next reply's first
+segment: a continuation takes it only when its caller would otherwise run dry, and an HTTP
+request never does.
 ``round-robin`` serves listeners in turn, one segment each, joining a listener's queued
 sentences while others wait; it is kept to compare against.
 """
@@ -39,6 +41,7 @@ MERGE_MAX_CHARS = 240
 SPLIT_MIN_CHARS = 40
 SAFETY_S = 0.3
 MAX_JOIN_S = 2.0
+RESERVE_MARGIN_S = 0.5
 UNDERRUN_S = 0.25
 WARN_INTERVAL_S = 60.0
 
@@ -203,15 +206,18 @@ class Scheduler:
             ordered = sorted(candidates, key=lambda w: w.priority)  # stable: turn order within a priority
             return (ordered[0] if ordered else None), None
         best, best_key, wake_at = None, None, None
+        last_worker = self._busy == len(self._threads) - 1 > 0
         for work in candidates:
             head = work.segments[0]
             if head.opens_reply or not head.text:
                 deadline = head.arrived_at
             else:
                 deadline = work.listener.dry_at()
-                if deadline - now >= self.max_lead_s:
-                    wake = deadline - self.max_lead_s
-                    wake_at = wake if wake_at is None else min(wake_at, wake)
+                # the last free worker is kept for the next reply's first words, unless this caller needs it now
+                wait_until = deadline - (self.max_lead_s if not last_worker else
+                                         self.costs[-1].estimate(len(head.text)) + RESERVE_MARGIN_S)
+                if now < wait_until:
+                    wake_at = wait_until if wake_at is None else min(wake_at, wait_until)
                     continue
             key = (work.priority, deadline)
             if best_key is None or key < best_key:

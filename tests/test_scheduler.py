@@ -361,3 +361,27 @@ def test_a_sentence_is_cut_at_its_first_clause_or_before_a_phrase(text, piece):
     assert (cut[0] if cut else None) == piece
     if cut:
         assert f"{cut[0]} {cut[1]}" == text
+
+
+def test_the_last_free_worker_is_kept_for_a_new_reply_unless_a_caller_needs_it_now():
+    engines = [RecordingEngine(), RecordingEngine()]
+    started = engines[1].started = engines[0].started  # "a segment reached an engine", whichever
+    go = engines[1].go = engines[0].go
+    scheduler = Scheduler(Synthesizer(engines, LiteralG2P(), AudioCache(0)), lambda: (STUB_VOICE, 1.0))
+    scheduler.start()
+    try:
+        for waiting, dry_in, taken in (("fresh", None, True), ("relaxed", 3.0, False), ("urgent", 0.2, True)):
+            busy = Listener(f"busy-{waiting}")
+            scheduler.submit(busy, ["busy words"])
+            assert started.acquire(timeout=10)
+            listener = Listener(waiting, dry_in=dry_in or 0.0)
+            scheduler.submit(listener, [f"{waiting} words"], opens_reply=dry_in is None)
+            assert started.acquire(timeout=0.5 if not taken else 10) is taken, waiting
+            go.release(2)  # both through
+            drained(scheduler, busy, listener)
+            while started.acquire(timeout=0):  # a held-back segment's start, counted once it ran
+                pass
+    finally:
+        for engine in engines:
+            engine.release()
+        scheduler.stop()
