@@ -13,6 +13,7 @@ import os
 import random
 import re
 import socket
+import statistics
 import sys
 import threading
 import time
@@ -29,6 +30,9 @@ from engine_layout import layouts, throughput
 
 sys.path.insert(0, str(ROOT / "tests"))
 from peers import DialInProcessor, LlamaDied, LlamaPeer  # noqa: E402
+
+from kokoro_daemon.scheduler import first_piece  # noqa: E402
+from kokoro_daemon.segmenter import split_text  # noqa: E402
 
 # Phone-agent replies of 1 to 4 sentences, from the speech judge's phrases and others like them.
 REPLIES = (
@@ -386,6 +390,31 @@ class BareLayouts:
         """Audio seconds per wall second of each layout, all its sessions busy on ``texts`` at once."""
         return {name: throughput(engines, texts) for name, engines in self.layouts.items()}
 
+    def first_segment_s(self, replies: set[str]) -> dict[str, float]:
+        """Each reply's first segment as the service cuts it, on one session with every core: median of 3."""
+        engine = next(iter(self.layouts.values()))[0]
+        firsts = {reply: split_text(reply)[0] for reply in replies}
+        firsts = {reply: (first_piece(first) or (first,))[0] for reply, first in firsts.items()}
+        return {reply: statistics.median(engine.speak(first)["wall_s"] for _ in range(3))
+                for reply, first in sorted(firsts.items())}
+
+
+def issue_figures(playout: dict[int, dict], single_call_s: float, first_segments: dict[str, float],
+                  bare_best: float) -> dict:
+    """The capacity issue's own checks, on the playout schedule: a lone caller's first audio per turn against
+    the bare engine's time for that turn's first segment; 4 calls against 1; throughput at 8 calls."""
+    figures: dict = {}
+    singles = playout.get(1, {}).get("turn_details", [])
+    if singles:
+        figures["single_call_first_audio_over_bare_first_segment_max"] = max(
+            t["first_audio_s"] / first_segments[t["text"]] for t in singles if t["first_audio_s"] is not None)
+    if 4 in playout:
+        figures["calls_4_first_audio_p95_over_single_call"] = playout[4]["first_audio_p95_s"] / single_call_s
+        figures["calls_4_longest_gap_s"] = playout[4]["gap_longest_s"]
+    if 8 in playout:
+        figures["calls_8_audio_per_wall_s_over_bare_best"] = playout[8]["audio_per_wall_s"] / bare_best
+    return figures
+
 
 # -- report ----------------------------------------------------------------------------------
 
@@ -419,6 +448,11 @@ def print_report(report: dict) -> None:
           f"-> physical bound {bound['calls']:.1f} calls")
     for name, value in report["ratios"].items():
         print(f"  {name:42s} {fmt(value)}")
+    targets = {"single_call_first_audio_over_bare_first_segment_max": "<= 1.1",
+               "calls_4_first_audio_p95_over_single_call": "<= 2.5", "calls_4_longest_gap_s": "<= 0.25",
+               "calls_8_audio_per_wall_s_over_bare_best": ">= 1.0"}
+    for name, value in report["acceptance"].items():
+        print(f"  {name:52s} {fmt(value, '.3f')}  {targets[name]}")
 
 
 def plot(report: dict, path: Path) -> None:
@@ -479,7 +513,7 @@ def run(args) -> int:
         for index, calls in enumerate(levels):
             plans = plan_calls(args.seed, calls, turns)
             for schedule in (SCHEDULES if index % 2 == 0 else SCHEDULES[::-1]):
-                if schedule not in short:
+                if schedule not in short or args.every_level:
                     log(f"--schedule {schedule}: {calls} call(s) x {turns} turns")
                     results[schedule][calls] = run_level(services[schedule], plans, args.turn_timeout_s)
             if single_call_s is None:
@@ -494,11 +528,12 @@ def run(args) -> int:
                     level["shortfalls"] = shortfalls(level, single_call_s)
                     if level["shortfalls"]:
                         short.add(schedule)
-            if short == set(SCHEDULES):
+            if short == set(SCHEDULES) and not args.every_level:
                 break
         if not args.quick:
             log("bare engine, pass 2")
             passes.append(bare.measure(bare_texts))
+        first_segments = bare.first_segment_s({t["text"] for s in SCHEDULES for t in results[s][1]["turn_details"]})
     except BenchmarkError as exc:
         print(f"\n*** BENCHMARK FAILED ***\n{exc}", file=sys.stderr)
         return 1
@@ -512,6 +547,7 @@ def run(args) -> int:
     demand = sum(lv["agent_audio_s"] for lv in singles) / sum(lv["conversation_s"] for lv in singles)
     bound = bare_layouts[best] / demand
     sustained = {s: calls_sustained(results[s]) for s in SCHEDULES}
+    acceptance = issue_figures(results["playout"], single_call_s, first_segments, bare_layouts[best])
     report = {
         "quick": args.quick, "turns": turns, "seed": args.seed, "talk_s": TALK_S, "replies": REPLIES,
         "levels_planned": levels, "machine": machine, "startup": startup,
@@ -526,6 +562,8 @@ def run(args) -> int:
                                                           if sustained["round-robin"] else None),
                    "sustained_playout_over_physical_bound": sustained["playout"] / bound,
                    "sustained_round_robin_over_physical_bound": sustained["round-robin"] / bound},
+        "acceptance": acceptance,
+        "bare_first_segment_s": first_segments,
         "levels": results,
         "benchmark_wall_s": time.perf_counter() - began,
     }
@@ -541,6 +579,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1, help="seed of the talk times and replies (default 1)")
     parser.add_argument("--turn-timeout-s", type=float, default=TURN_TIMEOUT_S,
                         help=f"how long a reply may take to be logged done, then played (default {TURN_TIMEOUT_S:.0f})")
+    parser.add_argument("--every-level", action="store_true",
+                        help="run every level up to --max-calls, even past the first that falls short")
     parser.add_argument("--quick", action="store_true", help="1 and 2 calls, 2 turns, one bare pass: a smoke check")
     return run(parser.parse_args())
 

@@ -92,6 +92,7 @@ class SynthesisCost:
 PHRASE_OPENERS = frozenset("""about after and as at because before but by during for from if in into like on or
 since so than that to until when where which while who with within without""".split())
 CUT_WORDS = range(3, 11)
+FIRST_PIECE_CHARS = 40
 
 
 def shortest_piece(text: str, budget: float, cost: SynthesisCost) -> tuple[str, str] | None:
@@ -109,6 +110,12 @@ def shortest_piece(text: str, budget: float, cost: SynthesisCost) -> tuple[str, 
     fitting = [piece for piece in cuts if cost.estimate(len(piece[0])) <= budget]
     chosen = fitting[-1] if fitting else (cuts[0] if cuts else None)
     return (chosen[0], chosen[1]) if chosen else None
+
+
+def first_piece(text: str) -> tuple[str, str] | None:
+    """(piece, rest) for a reply whose first segment is a long sentence with no early clause: its opening
+    phrase, so that the caller hears the first words sooner. None when the segment is short enough."""
+    return shortest_piece(text, 0.0, SynthesisCost()) if len(text) > FIRST_PIECE_CHARS else None
 
 
 class Scheduler:
@@ -241,6 +248,11 @@ class Scheduler:
     def _next_segment(self, work: _Work, now: float, cost: SynthesisCost) -> Segment:
         """Lock held: the work's next segment, joined with or cut to fit the time its caller has left."""
         head = work.segments.popleft()
+        if head.opens_reply and self.schedule == "playout":
+            cut = first_piece(head.text)
+            if cut is not None:
+                work.segments.appendleft(Segment(cut[1], head.reply, False, head.ends_reply, head.arrived_at))
+                return Segment(cut[0], head.reply, True, False, head.arrived_at)
         if not head.text or head.opens_reply:
             return head
         if self.schedule == "round-robin":

@@ -385,3 +385,13 @@ def test_the_last_free_worker_is_kept_for_a_new_reply_unless_a_caller_needs_it_n
         for engine in engines:
             engine.release()
         scheduler.stop()
+
+
+def test_a_long_first_sentence_with_no_early_clause_starts_with_its_opening_phrase(stub):
+    engine, scheduler = stub
+    engine.release()
+    listener = Listener("L")
+    scheduler.submit(listener, ["Your balance is due on the first of next month.", "Thank you."])
+    drained(scheduler, listener)
+    assert engine.order[0] == "Your balance is due"
+    assert " ".join(engine.order) == "Your balance is due on the first of next month. Thank you."
