@@ -5,13 +5,16 @@ call needs the engine). Each has at most one segment in an engine at a time, so 
 leaves in order; ``--engine-workers`` engines serve different listeners at once.
 
 ``playout`` (the default) serves the listener whose caller runs out of audio soonest: a
-new reply's first segment counts as already out (so replies start in arrival order), a
+new reply's first segment counts as out of audio FIRST_WORDS_GRACE_S after it arrived (so
+replies start in arrival order, and a caller about to fall silent mid-reply goes first), a
 listener holding ``max_lead_s`` of audio waits, and a segment's size follows its deadline:
 the next sentence alone (or only its first clause) when the caller is about to run dry,
 following sentences joined into one model call when there is lead to spare (each model
 call pays for its own lead-in and trailing silence, so fewer calls speak more per second),
 up to MAX_JOIN_S of engine time, which bounds how long a new reply on another call can wait
-for a worker. With several workers, the last free one is kept for the next reply's first
+for a worker. When more calls wait than there are free workers, segments are joined
+regardless of deadlines: the engine must catch up, and cutting would slow it down.
+With several workers, the last free one is kept for the next reply's first
 segment: a continuation takes it only when its caller would otherwise run dry, and an HTTP
 request never does.
 ``round-robin`` serves listeners in turn, one segment each, joining a listener's queued
@@ -42,6 +45,7 @@ SPLIT_MIN_CHARS = 40
 SAFETY_S = 0.3
 MAX_JOIN_S = 2.0
 RESERVE_MARGIN_S = 0.5
+FIRST_WORDS_GRACE_S = 0.3
 UNDERRUN_S = 0.25
 WARN_INTERVAL_S = 60.0
 
@@ -217,7 +221,7 @@ class Scheduler:
         for work in candidates:
             head = work.segments[0]
             if head.opens_reply or not head.text:
-                deadline = head.arrived_at
+                deadline = head.arrived_at + FIRST_WORDS_GRACE_S
             else:
                 deadline = work.listener.dry_at()
                 # the last free worker is kept for the next reply's first words, unless this caller needs it now
@@ -258,6 +262,8 @@ class Scheduler:
         if self.schedule == "round-robin":
             joinable = any(other is not work and other.segments for other in self._turns)
             budget = float("inf") if joinable else 0.0
+        elif self._overloaded(work):
+            budget = MAX_JOIN_S  # fewer, longer model calls: more audio per engine second, to catch up
         else:
             budget = min(work.listener.dry_at() - now - SAFETY_S, MAX_JOIN_S)
         if self.schedule == "playout" and budget < cost.estimate(len(head.text)) \
@@ -278,6 +284,12 @@ class Scheduler:
             texts.append(work.segments.popleft().text)
             ends_reply = following.ends_reply
         return Segment(" ".join(texts), head.reply, False, ends_reply, head.arrived_at)
+
+    def _overloaded(self, work: _Work) -> bool:
+        """Lock held: more calls are waiting for the engine than it has workers free."""
+        waiting = sum(1 for other in self._turns if other is not work and other.segments and not other.in_flight
+                      and not other.priority)
+        return waiting > len(self._threads) - self._busy
 
     def _take(self) -> tuple[_Work, Segment, SynthesisCost] | None:
         """The next work and its segment, and the cost estimate for the number of workers now busy."""
