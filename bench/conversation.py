@@ -31,7 +31,6 @@ from engine_layout import layouts, throughput
 sys.path.insert(0, str(ROOT / "tests"))
 from peers import DialInProcessor, LlamaDied, LlamaPeer  # noqa: E402
 
-from kokoro_daemon.scheduler import first_piece  # noqa: E402
 from kokoro_daemon.segmenter import split_text  # noqa: E402
 
 # Phone-agent replies of 1 to 4 sentences, from the speech judge's phrases and others like them.
@@ -394,7 +393,6 @@ class BareLayouts:
         """Each reply's first segment as the service cuts it, on one session with every core: median of 3."""
         engine = next(iter(self.layouts.values()))[0]
         firsts = {reply: split_text(reply)[0] for reply in replies}
-        firsts = {reply: (first_piece(first) or (first,))[0] for reply, first in firsts.items()}
         return {reply: statistics.median(engine.speak(first)["wall_s"] for _ in range(3))
                 for reply, first in sorted(firsts.items())}
 

@@ -414,8 +414,9 @@ class Call:
             lead = max(0.0, self._clock.dry_at(now, self._frames.queued_s) - now)
             link = self.link.kind if self.link is not None else ("reply" if self.reply is not None and
                                                                    now >= self._hold_until else "waiting")
+            # "linking": held for a processor that has not linked yet; a call on the reply path is not waiting
             state = "speaking" if self._replies or len(self._frames) else (
-                "linking" if any(linker.is_alive() for linker in self._linkers) and self.link is None else "idle")
+                "linking" if link == "waiting" and any(linker.is_alive() for linker in self._linkers) else "idle")
             return CallStatus(self.call_id, link, state, round(lead, 3), self._reply_count, self._last_first_audio)
 
 

@@ -92,34 +92,12 @@ class SynthesisCost:
             self.seconds_per_char += 0.2 * (seconds / (chars + self.OVERHEAD_CHARS) - self.seconds_per_char)
 
 
-# Words that open a phrase: a sentence cut just before one still sounds whole on both sides.
-PHRASE_OPENERS = frozenset("""about after and as at because before but by during for from if in into like on or
-since so than that to until when where which while who with within without""".split())
-CUT_WORDS = range(3, 11)
-FIRST_PIECE_CHARS = 40
-
-
-def shortest_piece(text: str, budget: float, cost: SynthesisCost) -> tuple[str, str] | None:
-    """(piece, rest) for a caller about to run out of audio: the sentence's first clause, else its longest
-    opening phrase (cut before a preposition or conjunction) that fits ``budget``, else its shortest one.
-    None when no such cut exists, since a cut anywhere else is heard."""
+def first_clause(text: str) -> tuple[str, str] | None:
+    """(clause, rest) for a caller about to run out of audio: the sentence's first clause, so that it
+    hears something sooner. None when the sentence has no clause mark: a cut anywhere else is heard
+    (a phrase cut "text | to speech" costs intelligibility, measured by bench/first_segment.py)."""
     pieces = split_text(text)
-    if len(pieces) > 1:
-        return pieces[0], " ".join(pieces[1:])
-    cuts = []
-    for words in CUT_WORDS:
-        pieces = split_text(text, first_words=words)
-        if len(pieces) == 2 and pieces[1].split()[0].lower() in PHRASE_OPENERS and pieces not in cuts:
-            cuts.append(pieces)
-    fitting = [piece for piece in cuts if cost.estimate(len(piece[0])) <= budget]
-    chosen = fitting[-1] if fitting else (cuts[0] if cuts else None)
-    return (chosen[0], chosen[1]) if chosen else None
-
-
-def first_piece(text: str) -> tuple[str, str] | None:
-    """(piece, rest) for a reply whose first segment is a long sentence with no early clause: its opening
-    phrase, so that the caller hears the first words sooner. None when the segment is short enough."""
-    return shortest_piece(text, 0.0, SynthesisCost()) if len(text) > FIRST_PIECE_CHARS else None
+    return (pieces[0], " ".join(pieces[1:])) if len(pieces) > 1 else None
 
 
 class Scheduler:
@@ -252,11 +230,6 @@ class Scheduler:
     def _next_segment(self, work: _Work, now: float, cost: SynthesisCost) -> Segment:
         """Lock held: the work's next segment, joined with or cut to fit the time its caller has left."""
         head = work.segments.popleft()
-        if head.opens_reply and self.schedule == "playout":
-            cut = first_piece(head.text)
-            if cut is not None:
-                work.segments.appendleft(Segment(cut[1], head.reply, False, head.ends_reply, head.arrived_at))
-                return Segment(cut[0], head.reply, True, False, head.arrived_at)
         if not head.text or head.opens_reply:
             return head
         if self.schedule == "round-robin":
@@ -268,7 +241,7 @@ class Scheduler:
             budget = min(work.listener.dry_at() - now - SAFETY_S, MAX_JOIN_S)
         if self.schedule == "playout" and budget < cost.estimate(len(head.text)) \
                 and len(head.text) >= SPLIT_MIN_CHARS:
-            cut = shortest_piece(head.text, budget, cost)
+            cut = first_clause(head.text)
             if cut is not None:
                 work.segments.appendleft(Segment(cut[1], head.reply, False, head.ends_reply, head.arrived_at))
                 return Segment(cut[0], head.reply, False, False, head.arrived_at)

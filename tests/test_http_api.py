@@ -23,6 +23,12 @@ HEARD = "Thank you for calling the clinic. Your appointment is confirmed for Tue
 # Four sentences of similar length: the first is spoken long before the last is synthesized.
 STREAMED = ("The river runs past the old mill every spring. Birds gather on the roof before the rain comes. "
             "Children walk along the bank to the wooden bridge. Evening falls slowly over the quiet valley.")
+# more than two joined model calls after the first (MERGE_MAX_CHARS each), so some is still queued when a client goes
+LONG = STREAMED + (" A farmer mends the fence beside the orchard gate. The bell in the tower rings twice at noon."
+                   " Lanterns glow in the windows of the inn. A cart rolls slowly down the hill toward the market."
+                   " Fishermen pull their boats onto the shingle at dusk. The baker lights his oven before dawn."
+                   " Snow settles softly on the pine trees above the lake. The ferry crosses to the island twice"
+                   " a day.")
 ERROR_KEYS = {"message", "type", "param", "code"}
 
 
@@ -107,7 +113,7 @@ def test_first_audio_streams_before_the_whole_input_is_synthesized(client):
 def test_a_client_that_goes_away_costs_no_more_engine_time(http_service, client, caplog):
     caplog.set_level(logging.INFO, logger="kokoro_daemon.http_api")
     cancelled = metrics.SEGMENTS_CANCELLED._value.get()  # noqa: SLF001
-    with client.audio.speech.with_streaming_response.create(model="kokoro", voice="bf_emma", input=STREAMED,
+    with client.audio.speech.with_streaming_response.create(model="kokoro", voice="bf_emma", input=LONG,
                                                             response_format="mp3") as response:
         next(response.iter_bytes())
     deadline = time.monotonic() + 30
