@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
+from prometheus_client import REGISTRY
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -99,3 +101,17 @@ def speaking_with(service, spec: str):
         yield service.voice_setting.get()[0]
     finally:
         service.voice_setting.set(voice=previous)
+
+
+def counter(name: str, **labels) -> float:
+    return REGISTRY.get_sample_value(name, labels or None) or 0.0
+
+
+def wait_for(predicate, timeout: float = 120.0, interval: float = 0.02) -> bool:
+    """Poll ``predicate`` until it holds: for state another thread sets just after the bytes a test reads."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True

@@ -11,26 +11,14 @@ import threading
 import time
 
 import pytest
-from prometheus_client import REGISTRY
 
-from conftest import ROOT, VOICES_DIR
+from conftest import ROOT, VOICES_DIR, counter, wait_for
 from kokoro_daemon.calls import Routing
 from peers import LlamaClient, LlamaPeer, PiperProcessor, checked_audio, free_port, reply_frames, send_datagram
 
 WAIT_S = 120.0
 
 
-def counter(name: str, **labels) -> float:
-    return REGISTRY.get_sample_value(name, labels or None) or 0.0
-
-
-def wait_for(predicate, timeout: float = WAIT_S) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def numbered_call(service) -> int:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from kokoro_daemon.telemetry import KEEP_S, Telemetry
+from conftest import wait_for
 from peers import LlamaClient
 
 
@@ -33,8 +34,12 @@ def test_events_older_than_the_keep_window_are_forgotten():
 def test_a_live_call_shows_its_link_state_and_first_audio(service):
     with LlamaClient(service.tcp_address, "6101") as call:
         call.text("One moment please. I am looking that up.")
-        call.read_frame()
-        status = next(s for s in service.registry.snapshot() if s.call_id == "6101")
+        call.read_frame()  # its first audio is recorded just after the frame is written
+
+        def current():
+            return next(s for s in service.registry.snapshot() if s.call_id == "6101")
+        assert wait_for(lambda: current().last_first_audio_s is not None, 10)
+        status = current()
         assert (status.link, status.replies) == ("reply", 1)
         assert 0 < status.last_first_audio_s < 60 and status.state in ("speaking", "idle")
         call.bye()
