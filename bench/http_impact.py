@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Does HTTP speech slow the phone calls? p95 first audio of 4 calls, with and without HTTP requests.
 
-Starts the service (cache off, HTTP on), keeps 4 phone callers busy (one reply, then a pause,
-again), and alternates phases without and with an HTTP client streaming long inputs back to
+Starts the service (cache off, HTTP on), keeps 4 phone callers busy (one reply, heard to its
+end in real time, then the caller's turn, again), and alternates phases without and with an HTTP client streaming long inputs back to
 back, so that both conditions see the same machine load. Target: the calls' p95 time to first
 audio with HTTP requests running is at most 1.10 times the p95 without them.
 """
@@ -21,7 +21,7 @@ import numpy as np
 from benchmark import REPLY, ServiceProcess, log, run_call
 
 CALLERS = 4
-PAUSE_S = 2.0            # the caller's turn between two replies
+PAUSE_S = 2.0            # the caller's turn between two replies, once the last one has played
 TARGET = 1.10
 HTTP_INPUT = ("Here is the summary of your account for this month. Your balance is paid in full and no "
               "payment is due. Your next statement will arrive at the start of next month. Thank you for "
@@ -30,7 +30,7 @@ HTTP_INPUT = ("Here is the summary of your account for this month. Your balance 
 
 def caller(address, index: int, stop: threading.Event, phase: list[str], ttfa: dict[str, list[float]],
            errors: list[str]) -> None:
-    """One phone caller: a reply, its audio to the end, a pause, again; each TTFA filed under the phase it began in."""
+    """One phone caller: a reply, heard to its end, its own turn, again; each TTFA filed under the phase it began in."""
     n = 0
     while not stop.is_set():
         began_in = phase[0]
@@ -40,7 +40,8 @@ def caller(address, index: int, stop: threading.Event, phase: list[str], ttfa: d
             errors.append(f"caller {index}: {result.error or 'no audio'}")
         elif began_in == phase[0]:   # a reply that straddles a phase change counts for neither
             ttfa[began_in].append(result.ttfa_s)
-        stop.wait(PAUSE_S)
+        played_at = result.first_at + result.audio_s if result.first_at is not None else 0.0
+        stop.wait(max(0.0, played_at - time.perf_counter()) + PAUSE_S)
 
 
 def http_client(port: int, active: threading.Event, idle: threading.Event, stop: threading.Event,
@@ -117,7 +118,7 @@ def run(args) -> int:
               "ratio_p95": with_http / without, "target": TARGET, "pass": with_http / without <= TARGET,
               "http_requests": len(http_firsts), "http_first_byte_p50_s": float(np.median(http_firsts)),
               "ttfa_all_s": ttfa}
-    print(f"\n{CALLERS} phone calls (reply, {PAUSE_S:.0f} s pause, again), cache off, {args.rounds} rounds of "
+    print(f"\n{CALLERS} phone calls (reply played, {PAUSE_S:.0f} s turn, again), cache off, {args.rounds} rounds of "
           f"{args.phase_s:.0f} s per phase, interleaved")
     for name in ttfa:
         print(f"  {name:14s} {report['replies'][name]:4d} replies   first audio p50 "

@@ -16,7 +16,8 @@ for a worker. When more calls wait than there are free workers, segments are joi
 regardless of deadlines: the engine must catch up, and cutting would slow it down.
 With several workers, the last free one is kept for the next reply's first
 segment: a continuation takes it only when its caller would otherwise run dry, and an HTTP
-request never does.
+request never does. An HTTP request waits for calls, but not for ever: once its next segment has waited
+HTTP_MAX_WAIT_S it competes as a call would, so a stream of calls cannot starve it.
 ``round-robin`` serves listeners in turn, one segment each, joining a listener's queued
 sentences while others wait; it is kept to compare against.
 """
@@ -47,6 +48,7 @@ MAX_JOIN_S = 2.0
 RESERVE_MARGIN_S = 0.5
 FIRST_WORDS_GRACE_S = 0.3
 UNDERRUN_S = 0.25
+HTTP_MAX_WAIT_S = 5.0
 WARN_INTERVAL_S = 60.0
 
 
@@ -65,10 +67,15 @@ class _Work:
     listener: object
     segments: deque = field(default_factory=deque)
     in_flight: bool = False
+    waiting_since: float = field(default_factory=time.monotonic)  # when its next segment became ready
 
     @property
     def priority(self) -> int:
         return self.listener.priority
+
+    def priority_at(self, now: float) -> int:
+        """Its priority, that of a call once an HTTP request's next segment has waited HTTP_MAX_WAIT_S."""
+        return 0 if now - self.waiting_since >= HTTP_MAX_WAIT_S else self.priority
 
 
 class SynthesisCost:
@@ -150,6 +157,7 @@ class Scheduler:
                 work = self._work[id(listener)] = _Work(listener)
             work.segments.extend(segments)
             if work not in self._turns and not work.in_flight:
+                work.waiting_since = now
                 self._turns.append(work)
             self._cond.notify_all()
 
@@ -192,7 +200,7 @@ class Scheduler:
                 >= len(self._threads) - 1:
             candidates = [work for work in candidates if not work.priority]  # keep a worker free for calls
         if self.schedule == "round-robin":
-            ordered = sorted(candidates, key=lambda w: w.priority)  # stable: turn order within a priority
+            ordered = sorted(candidates, key=lambda w: w.priority_at(now))  # stable: turn order within a priority
             return (ordered[0] if ordered else None), None
         best, best_key, wake_at = None, None, None
         last_worker = self._busy == len(self._threads) - 1 > 0
@@ -208,7 +216,7 @@ class Scheduler:
                 if now < wait_until:
                     wake_at = wait_until if wake_at is None else min(wake_at, wait_until)
                     continue
-            key = (work.priority, deadline)
+            key = (work.priority_at(now), deadline)
             if best_key is None or key < best_key:
                 best, best_key = work, key
         head = best.segments[0] if best is not None else None
@@ -284,6 +292,7 @@ class Scheduler:
             self._busy -= 1
             work.in_flight = False
             if work.segments:
+                work.waiting_since = time.monotonic()
                 self._turns.append(work)
             else:
                 self._forget(work)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from kokoro_daemon import metrics
+from kokoro_daemon import scheduler as scheduler_module
 from kokoro_daemon.engines import Engine
 from kokoro_daemon.scheduler import SCHEDULES, Scheduler, SynthesisCost, first_clause
 from kokoro_daemon.synthesis import AudioCache, Synthesizer
@@ -211,6 +212,23 @@ def test_phone_calls_come_before_http_requests(stub):
     engine.release()
     drained(scheduler, phone, http)
     assert engine.order == ["first", "phone words", "http words"]
+
+
+@BOTH
+def test_an_http_request_that_waited_long_enough_goes_before_newer_calls(stub, monkeypatch):
+    monkeypatch.setattr(scheduler_module, "HTTP_MAX_WAIT_S", 0.3)
+    engine, scheduler = stub
+    blocker = Listener("blocker")
+    scheduler.submit(blocker, ["first"])
+    engine.wait_started()
+    http = Listener("http", priority=1)
+    scheduler.submit(http, ["http words"])
+    phone = Listener("phone")
+    scheduler.submit(phone, ["phone words"])
+    time.sleep(0.4)  # the request has now waited longer than HTTP_MAX_WAIT_S
+    engine.release()
+    drained(scheduler, phone, http)
+    assert engine.order == ["first", "http words", "phone words"]
 
 
 @BOTH
