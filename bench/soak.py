@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark import (JOINED_SAMPLE_TOLERANCE, ROOT, BenchmarkError, ServiceProcess, bench_arguments, free_port,
+from benchmark import (ROOT, SAMPLE_TOLERANCE, BenchmarkError, ServiceProcess, bench_arguments, free_port,
                        log, machine_info, write_results)
 from conversation import REPLIES, TALK_S, ReplyLog, Turn, TurnPlan, converse, free_bases, percentile
 
@@ -50,7 +50,7 @@ GROWTH_LIMIT = 0.05             # RSS and threads after the warm-up may grow thi
 GROWTH_SPAN_MIN = 5.0           # ... comparing the median of this many minutes after the warm-up with the last's
 RESOURCES = ("rss_mb", "threads", "fds")
 AUDIO_TOLERANCE_S = 0.002       # received audio vs the service's 'reply done' figure (logged to 1 ms)
-WHOLE_SHARE = 1 - JOINED_SAMPLE_TOLERANCE   # a reply under this share of its usual audio lost a piece
+WHOLE_SHARE = 1 - SAMPLE_TOLERANCE   # a reply under this share of its usual audio lost a piece
 
 STALL_S = 120.0                 # how long each stalled reader is kept before the next one replaces it
 STALL_RCVBUF = 2048
