@@ -102,7 +102,7 @@ class SynthesisCost:
 def first_clause(text: str) -> tuple[str, str] | None:
     """(clause, rest) for a caller about to run out of audio: the sentence's first clause, so that it
     hears something sooner. None when the sentence has no clause mark: a cut anywhere else is heard
-    (a phrase cut "text | to speech" costs intelligibility, measured by bench/first_segment.py)."""
+    (cut before "to", "the Kokoro text | to speech service" was transcribed "text, to speech serve as")."""
     pieces = split_text(text)
     return (pieces[0], " ".join(pieces[1:])) if len(pieces) > 1 else None
 
