@@ -360,10 +360,10 @@ def measure_kept_connection(service: ServiceProcess, replies: int) -> dict:
 def measure_cache(address, hits: int) -> tuple[dict, list[str]]:
     """The stock phrase once (a miss), then again on new connections (hits, served from the cache)."""
     miss = run_call(address, "cache-500", STOCK_PHRASE)
-    problems = check_call(miss, 1, None)
+    problems = check_call(miss, frame_range(STOCK_PHRASE), None)
     results = [run_call(address, f"cache-{501 + i}", STOCK_PHRASE) for i in range(hits)]
     for r in results:
-        problems += check_call(r, 1, miss.samples)
+        problems += check_call(r, frame_range(STOCK_PHRASE), miss.samples)
     if problems:
         return {}, problems
     ttfa = [r.ttfa_s * 1000 for r in results]
