@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import PHRASES, judge, write_wav
+from conftest import PHRASES, judge, wait_for, write_wav
 from kokoro_daemon import metrics
 from kokoro_daemon.calls import Routing
 from peers import DialInProcessor, LlamaClient, LlamaPeer, PiperProcessor, free_port, send_datagram
@@ -145,7 +145,11 @@ def test_audio_waits_for_a_processor_then_falls_back_to_the_llama_socket_and_a_l
         client.text("Hello there, thanks for waiting.")
         frame = client.read_frame()
         assert frame.chunk_id == 1 and frame.received_at - hello_at >= 1.0
-        with dial_in_processor(service) as processor:
+        with dial_in_processor(service) as processor:  # it links at the next REGISTER, up to 1 s from now
+
+            def linked() -> bool:
+                return any(s.call_id == str(CALL) and s.link == "dial-in" for s in service.registry.snapshot())
+            assert wait_for(linked, 10), processor.errors
             client.text("A processor has joined now.")
             assert processor.wait_frames(1, WAIT_S), processor.errors
             assert processor.frames[0].chunk_id == 2
