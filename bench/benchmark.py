@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from kokoro_daemon.engines import DEFAULT_ONNX_GRAPH, create_engine  # noqa: E402
 from kokoro_daemon.g2p import G2PRegistry  # noqa: E402
-from kokoro_daemon.scheduler import SPLIT_MIN_CHARS, first_clause  # noqa: E402
+from kokoro_daemon.scheduler import first_clause  # noqa: E402
 from kokoro_daemon.segmenter import split_text  # noqa: E402
 from kokoro_daemon.synthesis import trim_silence  # noqa: E402
 from kokoro_daemon.voices import VoiceLibrary  # noqa: E402
@@ -284,7 +284,7 @@ def frame_range(reply: str) -> range:
     """How many frames a call of ``reply`` may get: its first segment alone and the rest joined, up to every
     segment alone with each continuation cut at its first clause."""
     segments = split_text(reply)
-    cuts = sum(1 for segment in segments[1:] if len(segment) >= SPLIT_MIN_CHARS and first_clause(segment))
+    cuts = sum(1 for segment in segments[1:] if first_clause(segment))
     return range(min(2, len(segments)), len(segments) + cuts + 1)
 
 

@@ -102,7 +102,10 @@ class SynthesisCost:
 def first_clause(text: str) -> tuple[str, str] | None:
     """(clause, rest) for a caller about to run out of audio: the sentence's first clause, so that it
     hears something sooner. None when the sentence has no clause mark: a cut anywhere else is heard
-    (cut before "to", "the Kokoro text | to speech service" was transcribed "text, to speech serve as")."""
+    (cut before "to", "the Kokoro text | to speech service" was transcribed "text, to speech serve as"), or when
+    it is under SPLIT_MIN_CHARS, too short for the cut to be worth a second model call."""
+    if len(text) < SPLIT_MIN_CHARS:
+        return None
     pieces = split_text(text)
     return (pieces[0], " ".join(pieces[1:])) if len(pieces) > 1 else None
 
@@ -247,8 +250,7 @@ class Scheduler:
             budget = MAX_JOIN_S  # fewer, longer model calls: more audio per engine second, to catch up
         else:
             budget = min(work.listener.dry_at() - now - SAFETY_S, MAX_JOIN_S)
-        if self.schedule == "playout" and budget < cost.estimate(len(head.text)) \
-                and len(head.text) >= SPLIT_MIN_CHARS:
+        if self.schedule == "playout" and budget < cost.estimate(len(head.text)):
             cut = first_clause(head.text)
             if cut is not None:
                 work.segments.appendleft(Segment(cut[1], head.reply, False, head.ends_reply, head.arrived_at))
