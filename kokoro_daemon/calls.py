@@ -110,6 +110,7 @@ class Call:
         self._clock = PlayoutClock()
         self._cond = threading.Condition()
         self._linkers: list[Linker] = []
+        self._handing_over = 0  # REGISTERs between cancelling our listener and dialling out
         self._writer: threading.Thread | None = None
         self._replies: dict[int, _Reply] = {}
         self._reply_count = 0
@@ -191,11 +192,16 @@ class Call:
             if self.link is not None or self.ended.is_set():
                 return
             listening = [linker for linker in self._linkers if isinstance(linker, DialIn)]
-        for linker in listening:
-            linker.cancel()
-        for linker in listening:
-            linker.join(timeout=1.0)  # our listener must be gone before dialling that port
-        self._dial_out()
+            self._handing_over += 1
+        try:
+            for linker in listening:
+                linker.cancel()
+            for linker in listening:
+                linker.join(timeout=1.0)  # our listener must be gone before dialling that port
+            self._dial_out()
+        finally:
+            with self._cond:
+                self._handing_over -= 1
 
     def _listen_port_taken(self) -> None:
         if self.routing.link == "auto":
@@ -250,7 +256,8 @@ class Call:
         """Where the next frame goes: the link, else the reply socket once the processor had its chance."""
         if self.link is not None:
             return self.link
-        if self.routing.mode == "processor-only" or now < self._hold_until or self._linking(DialOut):
+        if (self.routing.mode == "processor-only" or now < self._hold_until or self._handing_over
+                or self._linking(DialOut)):
             return None
         return self.reply if self.reply is not None and not self.reply.broken else None
 
@@ -264,7 +271,7 @@ class Call:
         """Whether a processor carries this call's audio, or soon will: a Piper-era one registered and is being
         dialled, or today's is still within ``processor_wait_s`` of being announced to."""
         with self._cond:
-            return self.link is not None or self._linking(DialOut) or (
+            return self.link is not None or self._handing_over > 0 or self._linking(DialOut) or (
                 self._linking(DialIn) and time.monotonic() < self._hold_until)
 
     def _abandon(self, transport: Transport) -> bool:

@@ -116,12 +116,13 @@ class DialIn(Linker):
             listener.listen(4)
         except OSError as exc:
             listener.close()
-            self.failed = True
             if exc.errno == errno.EADDRINUSE:
                 log.info("call %s: %s:%d is taken, as by a Piper-era processor listening there",
                          printable(self.call_id), self.listen_host, self.port)
-                self.on_busy()
+                self.on_busy()  # before failing, so that the call is never seen between two linkers
+                self.failed = True
             else:
+                self.failed = True
                 log.error("call %s: cannot listen on %s:%d for its processor: %s",
                           printable(self.call_id), self.listen_host, self.port, exc)
             return None

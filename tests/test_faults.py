@@ -117,6 +117,25 @@ def test_text_accepted_for_a_linked_call_is_spoken_after_llama_goes(service):
         send_datagram(service.udp_address, f"BYE:{call_id}")
 
 
+def test_a_piper_era_processor_whose_register_was_lost_is_found_at_its_port_after_llama_goes(service):
+    """UDP may lose the REGISTER: the taken listen port alone must lead to the processor, even when LLaMA
+    closes while the service turns from listening to dialling out."""
+    call_id = numbered_call(service)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as nowhere:
+        nowhere.bind(("127.0.0.1", 0))  # the REGISTER goes here and is never read
+        with PiperProcessor(call_id, service_udp=nowhere.getsockname(),
+                            base=service.config.routing.processor_base_port) as processor:
+            llama = socket.create_connection(service.tcp_address)
+            raw = str(call_id).encode()
+            text = b"Your order has shipped."
+            llama.sendall(struct.pack(">I", len(raw)) + raw + struct.pack(">I", len(text)) + text)
+            time.sleep(0.1)  # LLaMA goes once the service has found the port taken
+            llama.close()
+            assert processor.wait_frames(1, WAIT_S), processor.errors
+            assert processor.errors == []
+    assert wait_for(lambda: service.registry.get(str(call_id)) is None, 10)
+
+
 def test_a_register_racing_a_disconnect_leaves_no_thread_behind(service):
     threads = threading.active_count()
     for n in range(30):
