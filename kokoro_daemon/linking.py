@@ -109,22 +109,8 @@ class DialIn(Linker):
                 pass
 
     def establish(self) -> LinkTransport | None:
-        try:
-            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            listener.bind((self.listen_host, self.port))
-            listener.listen(4)
-        except OSError as exc:
-            listener.close()
-            if exc.errno == errno.EADDRINUSE:
-                log.info("call %s: %s:%d is taken, as by a Piper-era processor listening there",
-                         printable(self.call_id), self.listen_host, self.port)
-                self.on_busy()  # before failing, so that the call is never seen between two linkers
-                self.failed = True
-            else:
-                self.failed = True
-                log.error("call %s: cannot listen on %s:%d for its processor: %s",
-                          printable(self.call_id), self.listen_host, self.port, exc)
+        listener = self._listen()
+        if listener is None:
             return None
         self._listener = listener
         try:
@@ -132,6 +118,42 @@ class DialIn(Linker):
         finally:
             self._listener = None
             listener.close()
+
+    def _listen(self) -> socket.socket | None:
+        """Bind base+N. A taken port may be a Piper-era processor listening there (``on_busy`` dials it)
+        or a socket that only holds it for a while: keep trying the bind within the window as well."""
+        deadline = time.monotonic() + self.window_s
+        taken = False
+        while not self.cancelled.is_set():
+            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                listener.bind((self.listen_host, self.port))
+                listener.listen(4)
+            except OSError as exc:
+                listener.close()
+                if exc.errno != errno.EADDRINUSE:
+                    self.failed = True
+                    log.error("call %s: cannot listen on %s:%d for its processor: %s",
+                              printable(self.call_id), self.listen_host, self.port, exc)
+                    return None
+            else:
+                if taken:
+                    log.info("call %s: %s:%d is free again; listening there for its processor",
+                             printable(self.call_id), self.listen_host, self.port)
+                return listener
+            if not taken:
+                taken = True
+                log.info("call %s: %s:%d is taken, as by a Piper-era processor listening there; trying the bind "
+                         "again for %.0f s", printable(self.call_id), self.listen_host, self.port, self.window_s)
+                self.on_busy()
+            if time.monotonic() + ANNOUNCE_FAST_S > deadline:
+                self.failed = True
+                log.warning("call %s: %s:%d stayed taken for %.0f s", printable(self.call_id), self.listen_host,
+                            self.port, self.window_s)
+                return None
+            self.cancelled.wait(ANNOUNCE_FAST_S)
+        return None
 
     def _await_processor(self, listener: socket.socket) -> LinkTransport | None:
         started = time.monotonic()

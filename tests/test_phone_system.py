@@ -178,6 +178,21 @@ def test_auto_dials_out_when_a_piper_era_processor_already_listens(phone):
         assert processor.errors == []
 
 
+def test_a_listen_port_held_for_a_while_by_another_socket_is_listened_on_once_free(phone, caplog):
+    """Any socket can hold 9002+N for a while (an outgoing connection gets it as its own port): nobody
+    listens there, so dialling out is refused, and today's processor must be announced to once it is free."""
+    caplog.set_level(logging.INFO, logger="kokoro_daemon")
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", phone.config.routing.processor_base_port + CALL))  # bound, never listening
+    with dial_in_processor(phone) as processor, LlamaPeer(phone.tcp_address) as llama:
+        llama.reply(CALL, "The line is free again.")
+        assert wait_for(lambda: "is taken, as by a Piper-era processor" in caplog.text, 10)
+        holder.close()
+        wait_reply_heard(phone, processor, 1)
+        assert processor.errors == []
+    assert "is free again; listening there for its processor" in caplog.text
+
+
 def test_dial_in_only_ignores_a_piper_register(make_service, caplog):
     caplog.set_level(logging.INFO, logger="kokoro_daemon")
     service = make_service(routing=phone_routing(link="dial-in", processor_wait_s=0.5))
