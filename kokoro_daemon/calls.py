@@ -256,8 +256,7 @@ class Call:
         """Where the next frame goes: the link, else the reply socket once the processor had its chance."""
         if self.link is not None:
             return self.link
-        if (self.routing.mode == "processor-only" or now < self._hold_until or self._handing_over
-                or self._linking(DialOut)):
+        if self.routing.mode == "processor-only" or now < self._hold_until or self._dialling_out():
             return None
         return self.reply if self.reply is not None and not self.reply.broken else None
 
@@ -267,11 +266,15 @@ class Call:
         return any(isinstance(linker, kind) and linker.is_alive() and not linker.failed
                    and not linker.cancelled.is_set() for linker in self._linkers)
 
+    def _dialling_out(self) -> bool:
+        """A Piper-era processor is being dialled, or soon will be: a REGISTER is taking over from our listener."""
+        return self._handing_over > 0 or self._linking(DialOut)
+
     def heard_by_processor(self) -> bool:
         """Whether a processor carries this call's audio, or soon will: a Piper-era one registered and is being
         dialled, or today's is still within ``processor_wait_s`` of being announced to."""
         with self._cond:
-            return self.link is not None or self._handing_over > 0 or self._linking(DialOut) or (
+            return self.link is not None or self._dialling_out() or (
                 self._linking(DialIn) and time.monotonic() < self._hold_until)
 
     def _abandon(self, transport: Transport) -> bool:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -108,10 +107,9 @@ def test_text_accepted_for_a_linked_call_is_spoken_after_llama_goes(service):
     call_id = numbered_call(service)
     with PiperProcessor(call_id, service_udp=service.udp_address,
                         base=service.config.routing.processor_base_port) as processor:
-        llama = socket.create_connection(service.tcp_address)
-        raw = str(call_id).encode()
-        llama.sendall(struct.pack(">I", len(raw)) + raw + struct.pack(">I", len(text)) + text.encode())
-        llama.close()  # LLaMA restarts right after sending
+        with LlamaPeer(service.tcp_address) as llama:
+            llama.reply(call_id, text)
+        # LLaMA restarted right after sending
         assert wait_for(lambda: processor.audio_s > 4.0, WAIT_S), f"{processor.audio_s:.2f} s heard"
         assert processor.errors == []
         send_datagram(service.udp_address, f"BYE:{call_id}")
@@ -125,12 +123,9 @@ def test_a_piper_era_processor_whose_register_was_lost_is_found_at_its_port_afte
         nowhere.bind(("127.0.0.1", 0))  # the REGISTER goes here and is never read
         with PiperProcessor(call_id, service_udp=nowhere.getsockname(),
                             base=service.config.routing.processor_base_port) as processor:
-            llama = socket.create_connection(service.tcp_address)
-            raw = str(call_id).encode()
-            text = b"Your order has shipped."
-            llama.sendall(struct.pack(">I", len(raw)) + raw + struct.pack(">I", len(text)) + text)
-            time.sleep(0.1)  # LLaMA goes once the service has found the port taken
-            llama.close()
+            with LlamaPeer(service.tcp_address) as llama:
+                llama.reply(call_id, "Your order has shipped.")
+                time.sleep(0.1)  # LLaMA goes once the service has found the port taken
             assert processor.wait_frames(1, WAIT_S), processor.errors
             assert processor.errors == []
     assert wait_for(lambda: service.registry.get(str(call_id)) is None, 10)
