@@ -4,7 +4,7 @@
 | --- | --- | --- |
 | ``pcm`` | 16-bit little-endian 24 kHz mono, no header (as OpenAI's ``pcm``) | each segment on its own |
 | ``wav`` | a 16-bit PCM WAV header whose RIFF and data sizes say "unknown" (0xFFFFFFFF, as OpenAI's streamed WAV), then ``pcm`` | header first |
-| ``mulaw`` | G.711 mu-law at 8 kHz, no header (``audio/basic``), resampled with soxr like the phone path | each segment on its own |
+| ``mulaw`` | G.711 mu-law at 8 kHz, no header (``audio/basic``), resampled with soxr like the phone path (one filter across the segments) | each segment on its own |
 | ``mp3`` | MPEG-2 layer III, constant 64 kbit/s (LAME in libsndfile) | frames as they are encoded |
 | ``opus`` | Opus in Ogg (libsndfile) | pages as they fill |
 | ``flac`` | FLAC, 16 bit (libFLAC in libsndfile) | encoded segment by segment, sent whole at the end |
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import soundfile
 
-from .calls import resample
+from .calls import Resampler
 
 UNKNOWN_SIZE = 0xFFFFFFFF
 MP3_64_KBPS = 0.63   # libsndfile's compression level: 160 - 0.63 * 152 kbit/s at 24 kHz (MPEG-2)
@@ -103,6 +103,7 @@ class StreamEncoder:
         self.input_rate = input_rate
         self.rate = fmt.sample_rate or input_rate
         self._pending = wav_header(self.rate) if fmt.name == "wav" else b""
+        self._resample = Resampler(self.rate)
         self._sink: _StreamSink | None = None
         self._file: soundfile.SoundFile | None = None
         if fmt.container:
@@ -113,8 +114,8 @@ class StreamEncoder:
                                              subtype=subtype, compression_level=MP3_64_KBPS if mp3 else None,
                                              bitrate_mode="CONSTANT" if mp3 else None)
 
-    def encode(self, audio: np.ndarray) -> bytes:
-        samples = np.clip(resample(audio, self.input_rate, self.rate), -1.0, 1.0)
+    def encode(self, audio: np.ndarray, last: bool = False) -> bytes:
+        samples = np.clip(self._resample(audio, self.input_rate, last=last), -1.0, 1.0)
         head, self._pending = self._pending, b""
         if self._file is not None:
             self._file.write(samples)
@@ -125,7 +126,8 @@ class StreamEncoder:
         return head + raw.getvalue()
 
     def finish(self) -> bytes:
-        head, self._pending = self._pending, b""
+        head = self.encode(np.zeros(0, dtype=np.float32), last=True) if self.rate != self.input_rate else b""
+        head, self._pending = head + self._pending, b""
         if self._file is None:
             return head
         self._file.close()

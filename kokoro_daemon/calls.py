@@ -53,12 +53,28 @@ class Routing:
     hold_seconds: float = 30.0
 
 
-def resample(audio: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
-    """Band-limited resampling (soxr, high quality) for telephony output rates."""
-    if rate_in == rate_out or audio.size == 0:
-        return audio
-    import soxr
-    return soxr.resample(audio, rate_in, rate_out, quality="HQ").astype(np.float32, copy=False)
+class Resampler:
+    """Band-limited resampling (soxr, high quality) of one stream of audio that arrives in pieces.
+
+    The filter runs on across the pieces, so a sentence sent window by window is resampled as if
+    whole, with no edge at a seam; ``last`` flushes what the filter holds at the end of a stream.
+    """
+
+    def __init__(self, rate_out: int):
+        self.rate_out = rate_out
+        self._stream = None
+        self._rate_in: int | None = None
+
+    def __call__(self, audio: np.ndarray, rate_in: int, last: bool = False) -> np.ndarray:
+        if rate_in == self.rate_out:
+            return audio
+        import soxr
+        if self._stream is None or rate_in != self._rate_in:
+            self._stream, self._rate_in = soxr.ResampleStream(rate_in, self.rate_out, 1, quality="HQ"), rate_in
+        samples = self._stream.resample_chunk(np.asarray(audio, dtype=np.float32), last=last)
+        if last:
+            self._stream = None
+        return samples.astype(np.float32, copy=False)
 
 
 def processor_number(call_id: str, routing: Routing) -> int | None:
@@ -108,6 +124,7 @@ class Call:
         self._frames = FrameQueue(routing.max_queued_bytes,
                                   routing.hold_seconds if routing.mode == "processor-only" else None)
         self._clock = PlayoutClock()
+        self._resample = Resampler(routing.output_rate)   # the scheduler delivers one segment's windows at a time
         self._cond = threading.Condition()
         self._linkers: list[Linker] = []
         self._handing_over = 0  # REGISTERs between cancelling our listener and dialling out
@@ -142,8 +159,8 @@ class Call:
         return max(0.0, self.dry_at() - time.monotonic())
 
     def deliver(self, audio: np.ndarray, sample_rate: int, reply: int = 0, ends_reply: bool = False) -> None:
-        """Queue one model call's audio (resampled to the output rate) for the writer."""
-        samples = resample(audio, sample_rate, self.routing.output_rate)
+        """Queue a piece of a reply's audio (resampled to the output rate) for the writer."""
+        samples = self._resample(audio, sample_rate, last=ends_reply)
         with self._cond:
             if self.ended.is_set():
                 if samples.size:

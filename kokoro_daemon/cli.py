@@ -12,6 +12,7 @@ import threading
 from .calls import LINK_MODES, ROUTING_MODES, Routing
 from .config_db import ConfigDB, ConfigWatcher, StatusReporter
 from .engines import CPU_ONNX_WORKERS, DEFAULT_ONNX_GRAPH, ENGINE_CHOICES, ONNX_GRAPHS
+from .engines.windows import DEFAULT_SYNTHESIS, SYNTHESIS_MODES
 from .scheduler import SCHEDULES
 from .server import LOOPBACK, KokoroService, ServiceConfig, check_speed
 from .voices import VoiceError, VoiceLibrary
@@ -101,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", choices=SCHEDULES, default=_env("KOKORO_SCHEDULE", "playout"),
                    help="playout: serve the caller whose audio runs out soonest; round-robin: one segment per call "
                         "in turn (default playout) [KOKORO_SCHEDULE]")
+    p.add_argument("--synthesis", choices=SYNTHESIS_MODES, default=_env("KOKORO_SYNTHESIS", DEFAULT_SYNTHESIS),
+                   help="stream: a sentence's audio in windows, a small first one, each a unit of engine work; "
+                        f"whole: each sentence in one engine call (default {DEFAULT_SYNTHESIS}; engines that cannot "
+                        "be cut run whole) [KOKORO_SYNTHESIS]")
     p.add_argument("--engine-workers", type=int, default=_env("KOKORO_ENGINE_WORKERS", None, int),
                    help=f"engine copies (each a model behind its own lock) speaking different calls at once; "
                         f"default {CPU_ONNX_WORKERS} for onnx on CPU, else 1 [KOKORO_ENGINE_WORKERS]")
@@ -195,7 +200,7 @@ def config_from_args(args, db: ConfigDB | None) -> ServiceConfig:
                          onnx_graph=args.onnx_graph,
                          voices_dir=args.voices_dir, strict_voice=args.strict_voice, speed=speed,
                          cache_mb=args.cache_mb, hub_download=args.hub_download, schedule=args.schedule,
-                         engine_workers=args.engine_workers,
+                         synthesis=args.synthesis, engine_workers=args.engine_workers,
                          allow_from=tuple(net.strip() for net in args.allow_from.split(",") if net.strip()),
                          routing=routing, http_port=args.http_port or None, api_key=args.api_key, db=args.db)
 

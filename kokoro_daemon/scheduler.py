@@ -20,6 +20,18 @@ request never does. An HTTP request waits for calls, but not for ever: once its 
 HTTP_MAX_WAIT_S it competes as a call would, so a stream of calls cannot starve it.
 ``round-robin`` serves listeners in turn, one segment each, joining a listener's queued
 sentences while others wait; it is kept to compare against.
+
+When the engine streams (``--synthesis stream``), a reply's first segment is spoken in windows:
+its first unit of engine work runs the engine's front end and a small first window, and each
+further window goes back to the head of its listener's queue as a continuation, with the deadline
+of any mid-reply audio. So first audio no longer grows with the first sentence's length (and the
+first sentence is spoken whole, with no clause cut), and a new reply's first window waits for at
+most one window of another reply's first sentence. While a reply's first window runs, no other
+work starts on another worker unless its own caller would run dry first: on a machine whose
+workers share the cores, the first window then gets them all. The segments after a reply's first
+are spoken whole, as the caller already has audio while they are made: each window boundary
+costs some quality (the generator's instance norms see only their window; bench/README.md has the
+figures), so windows are used only where the caller is waiting.
 """
 from __future__ import annotations
 
@@ -35,7 +47,7 @@ import numpy as np
 from . import metrics
 from .protocol import printable
 from .segmenter import split_text
-from .synthesis import Synthesizer
+from .synthesis import SpeechJob, Synthesizer
 from .voices import Voice
 
 log = logging.getLogger(__name__)
@@ -59,6 +71,12 @@ class Segment:
     opens_reply: bool = False
     ends_reply: bool = False
     arrived_at: float = field(default_factory=time.monotonic)
+    job: SpeechJob | None = None   # a segment part-way through the engine: its next window is the work
+
+    @property
+    def opening(self) -> bool:
+        """The reply's first unit of engine work: its first segment, not yet started."""
+        return self.opens_reply and self.job is None
 
 
 @dataclass(eq=False)
@@ -67,6 +85,8 @@ class _Work:
     listener: object
     segments: deque = field(default_factory=deque)
     in_flight: bool = False
+    opening: bool = False   # what is in flight is a reply's first unit
+    cancelled: bool = False  # cancelled while in flight: what is left of that segment goes
     waiting_since: float = field(default_factory=time.monotonic)  # when its next segment became ready
 
     @property
@@ -79,24 +99,23 @@ class _Work:
 
 
 class SynthesisCost:
-    """Engine seconds a segment of n characters is expected to take, learnt from the segments spoken.
+    """Engine seconds a unit of n characters (or frames) is expected to take, learnt from the units spoken.
 
-    A model call costs a fixed part (its lead-in and tail) plus a part per character; the
-    fixed part is counted as OVERHEAD_CHARS characters.
+    A unit costs a fixed part (a segment's front end, lead-in and tail) plus a part per character
+    or frame; the fixed part is counted as ``overhead`` of them.
     """
 
-    OVERHEAD_CHARS = 20
-
-    def __init__(self, seconds_per_char: float = 0.02):
-        self.seconds_per_char = seconds_per_char
+    def __init__(self, seconds_per_unit: float = 0.02, overhead: int = 20):
+        self.seconds_per_unit = seconds_per_unit
+        self.overhead = overhead
         self._lock = threading.Lock()
 
-    def estimate(self, chars: int) -> float:
-        return (chars + self.OVERHEAD_CHARS) * self.seconds_per_char
+    def estimate(self, units: int) -> float:
+        return (units + self.overhead) * self.seconds_per_unit
 
-    def observe(self, chars: int, seconds: float) -> None:
+    def observe(self, units: int, seconds: float) -> None:
         with self._lock:
-            self.seconds_per_char += 0.2 * (seconds / (chars + self.OVERHEAD_CHARS) - self.seconds_per_char)
+            self.seconds_per_unit += 0.2 * (seconds / (units + self.overhead) - self.seconds_per_unit)
 
 
 def first_clause(text: str) -> tuple[str, str] | None:
@@ -119,8 +138,10 @@ class Scheduler:
         self.current_voice = current_voice
         self.schedule = schedule
         self.max_lead_s = max_lead_s
-        # one estimate per number of workers busy at once, since segments that share the cores take longer
+        # one estimate per number of workers busy at once, since segments that share the cores take longer;
+        # per character for a segment's first unit, per frame for a window after it
         self.costs = [SynthesisCost(0.02 * sharing) for sharing in range(1, synthesizer.workers + 1)]
+        self.window_costs = [SynthesisCost(0.03 * sharing, overhead=0) for sharing in range(1, synthesizer.workers + 1)]
         self._busy = 0
         self._work: dict[int, _Work] = {}
         self._turns: deque[_Work] = deque()  # round-robin order of listeners with waiting segments
@@ -172,6 +193,7 @@ class Scheduler:
                 return 0
             dropped = sum(1 for segment in work.segments if segment.text)
             work.segments.clear()
+            work.cancelled = work.in_flight   # the rest of the segment in flight is dropped too
             self._forget(work)
             self._cond.notify_all()
         if dropped:
@@ -207,15 +229,17 @@ class Scheduler:
             return (ordered[0] if ordered else None), None
         best, best_key, wake_at = None, None, None
         last_worker = self._busy == len(self._threads) - 1 > 0
+        # a reply's first window gets the machine: nothing else starts beside it unless its caller needs it now
+        first_window_running = self.synthesizer.streams and any(w.in_flight and w.opening for w in self._work.values())
         for work in candidates:
             head = work.segments[0]
-            if head.opens_reply or not head.text:
+            if head.opening or not head.text:
                 deadline = head.arrived_at + FIRST_WORDS_GRACE_S
             else:
                 deadline = work.listener.dry_at()
                 # the last free worker is kept for the next reply's first words, unless this caller needs it now
-                wait_until = deadline - (self.max_lead_s if not last_worker else
-                                         self.costs[-1].estimate(len(head.text)) + RESERVE_MARGIN_S)
+                wait_until = deadline - (self.max_lead_s if not (last_worker or first_window_running) else
+                                         self._estimate(head) + RESERVE_MARGIN_S)
                 if now < wait_until:
                     wake_at = wait_until if wake_at is None else min(wake_at, wait_until)
                     continue
@@ -223,10 +247,16 @@ class Scheduler:
             if best_key is None or key < best_key:
                 best, best_key = work, key
         head = best.segments[0] if best is not None else None
-        if head is not None and best.priority == 0 and head.text and not head.opens_reply \
+        if head is not None and best.priority == 0 and head.text and not head.opening \
                 and best_key[1] < now - UNDERRUN_S:
             self._underrun(now, len(candidates))
         return best, wake_at
+
+    def _estimate(self, head: Segment) -> float:
+        """Lock held: engine seconds the head's next unit will take with every worker busy."""
+        if head.job is not None and head.job.started:
+            return self.window_costs[-1].estimate(head.job.next_frames())
+        return self.costs[-1].estimate(len(head.text))
 
     def _underrun(self, now: float, waiting: int) -> None:
         """A caller ran out of audio mid-reply while the engine was busy elsewhere: warn once a minute."""
@@ -241,7 +271,7 @@ class Scheduler:
     def _next_segment(self, work: _Work, now: float, cost: SynthesisCost) -> Segment:
         """Lock held: the work's next segment, joined with or cut to fit the time its caller has left."""
         head = work.segments.popleft()
-        if not head.text or head.opens_reply:
+        if not head.text or head.opens_reply or head.job is not None:
             return head
         if self.schedule == "round-robin":
             joinable = any(other is not work and other.segments for other in self._turns)
@@ -274,25 +304,28 @@ class Scheduler:
                       and not other.priority)
         return waiting > len(self._threads) - self._busy
 
-    def _take(self) -> tuple[_Work, Segment, SynthesisCost] | None:
-        """The next work and its segment, and the cost estimate for the number of workers now busy."""
+    def _take(self) -> tuple[_Work, Segment, int] | None:
+        """The next work, its segment, and how many other workers were busy when it was taken."""
         with self._cond:
             while not self._stopping:
                 now = time.monotonic()
                 work, wake_at = self._choose(now)
                 if work is not None:
                     work.in_flight = True
+                    work.opening = work.segments[0].opening
                     self._turns.remove(work)
                     self._busy += 1
-                    cost = self.costs[self._busy - 1]
-                    return work, self._next_segment(work, now, cost), cost
+                    return work, self._next_segment(work, now, self.costs[self._busy - 1]), self._busy - 1
                 self._cond.wait(None if wake_at is None else max(0.0, wake_at - now))
             return None
 
-    def _done(self, work: _Work) -> None:
+    def _done(self, work: _Work, continuation: Segment | None) -> None:
+        """The unit is spoken: the rest of its segment, if any, is the listener's next work."""
         with self._cond:
             self._busy -= 1
-            work.in_flight = False
+            if continuation is not None and not work.cancelled:
+                work.segments.appendleft(continuation)
+            work.in_flight = work.opening = work.cancelled = False
             if work.segments:
                 work.waiting_since = time.monotonic()
                 self._turns.append(work)
@@ -303,37 +336,50 @@ class Scheduler:
     # -- speaking -------------------------------------------------------------------------
     def _run(self, worker: int) -> None:
         while (taken := self._take()) is not None:
-            work, segment, cost = taken
+            work, segment, sharing = taken
+            continuation = None
             try:
-                self._speak(work.listener, segment, worker, cost)
+                continuation = self._speak(work.listener, segment, worker, sharing)
             except Exception:
                 metrics.SEGMENTS_FAILED.inc()
                 log.exception("%s: could not speak segment %s", printable(work.listener.call_id),
                               printable(segment.text))
             finally:
-                self._done(work)
+                self._done(work, continuation)
 
-    def _speak(self, listener, segment: Segment, worker: int, cost: SynthesisCost) -> None:
+    def _speak(self, listener, segment: Segment, worker: int, sharing: int) -> Segment | None:
+        """Speak the segment's next unit of engine work; return what is left of the segment, if anything."""
         rate = self.synthesizer.engine.sample_rate
         audio = np.zeros(0, dtype=np.float32)
+        job, continuation = segment.job, None
         if segment.text:
             if listener.ended.is_set():
                 metrics.SEGMENTS_CANCELLED.inc()
-                return
-            voice, speed = listener.voice or self.current_voice()
+                return None
+            if job is None:
+                voice, speed = listener.voice or self.current_voice()
+                audio, job = self.synthesizer.begin(segment.text, voice, speed, windowed=segment.opens_reply)
+        if job is not None:
+            first, frames = not job.started, job.next_frames()
+            cost = self.costs[sharing] if first else self.window_costs[sharing]
+            units = len(segment.text) if first else frames
             started = time.monotonic()
             needed_in = listener.dry_at() - started
-            audio, synthesized = self.synthesizer.speak(segment.text, voice, speed, worker)
+            audio = self.synthesizer.step(job, worker)
             took = time.monotonic() - started
-            if synthesized:
-                cost.observe(len(segment.text), took)
-            log.debug("%s: %d characters in %.3f s (%.3f s expected) for %.3f s of audio; its caller had %.3f s "
-                      "left", printable(listener.call_id), len(segment.text), took,
-                      cost.estimate(len(segment.text)), audio.size / self.synthesizer.engine.sample_rate,
-                      needed_in)
-            if audio.size == 0:
+            if not first or job.done:   # a window, or a whole segment (a first window's cost is the front end's too)
+                cost.observe(units, took)
+            log.debug("%s: %s of %d characters in %.3f s (%.3f s expected) for %.3f s of audio; its caller had "
+                      "%.3f s left", printable(listener.call_id), "first unit" if first else f"{frames} frames",
+                      len(segment.text), took, cost.estimate(units), audio.size / rate, needed_in)
+            if not job.done:
+                continuation = Segment(segment.text, segment.reply, False, segment.ends_reply, segment.arrived_at,
+                                       job)
+            elif not any(piece.size for piece in job.made):
                 metrics.SEGMENTS_SILENT.inc()
                 log.warning("%s: segment %s has nothing speakable; skipped", printable(listener.call_id),
                             printable(segment.text))
-        if audio.size or segment.ends_reply:
-            listener.deliver(audio, rate, reply=segment.reply, ends_reply=segment.ends_reply)
+        ends_reply = segment.ends_reply and continuation is None
+        if audio.size or ends_reply:
+            listener.deliver(audio, rate, reply=segment.reply, ends_reply=ends_reply)
+        return continuation

@@ -63,9 +63,11 @@ class SentenceSegmenter:
     with ``buffered_chars``.
     """
 
-    def __init__(self, first_clause_min_chars: int = 20, max_chars: int = 300, first_words: int | None = None):
+    def __init__(self, first_clause_min_chars: int | None = 20, max_chars: int = 300,
+                 first_words: int | None = None):
         """``first_words`` None: a reply's first segment ends at its first clause of at least
-        ``first_clause_min_chars``; N: after about N words (see ``_words_cut``)."""
+        ``first_clause_min_chars`` (None: at its first sentence's end, as every other segment);
+        N: after about N words (see ``_words_cut``)."""
         if max_chars < 1:
             raise ValueError("max_chars must be at least 1")
         if first_words is not None and first_words < 1:
@@ -115,7 +117,8 @@ class SentenceSegmenter:
         """The next segment starts at ``pos``: nothing is known yet about the text after it."""
         self._pos = self._scan = self._read_at = self._known_to = pos
         self._read_len = 0  # length of _buf[pos:_read_at] with its whitespace collapsed
-        self._clause_at = pos if self.first_clause_min_chars <= 0 else None
+        self._clause_at = pos if self.first_clause_min_chars is not None and self.first_clause_min_chars <= 0 \
+            else None
         self._overlong_at: int | None = None
 
     def _drain(self, final: bool) -> list[str]:
@@ -211,9 +214,10 @@ class SentenceSegmenter:
             sep = 1 if self._read_len else 0
             room = max(1, self.max_chars + 1 - self._read_len - sep)
             end = _NONSPACE.match(buf, start, start + room).end()
-            clause_at = start + max(1, self.first_clause_min_chars - self._read_len - sep)
-            if self._clause_at is None and clause_at <= end:
-                self._clause_at = clause_at
+            if self._clause_at is None and self.first_clause_min_chars is not None:
+                clause_at = start + max(1, self.first_clause_min_chars - self._read_len - sep)
+                if clause_at <= end:
+                    self._clause_at = clause_at
             if end == start + room:
                 self._overlong_at = end
             elif end == len(buf):

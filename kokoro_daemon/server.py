@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from . import metrics
 from .calls import Call, CallRegistry, Routing
 from .engines import DEFAULT_ONNX_GRAPH, Engine, create_engine, default_workers
+from .engines.windows import DEFAULT_SYNTHESIS, window_plan
 from .g2p import G2PRegistry
 from .http_server import HttpServer
 from .protocol import Bye, PeerClosed, ProtocolError, parse_datagram, printable, read_hello, read_message
@@ -63,6 +64,7 @@ class ServiceConfig:
     hello_timeout_s: float = 30.0
     hub_download: bool = False
     schedule: str = "playout"
+    synthesis: str = DEFAULT_SYNTHESIS
     engine_workers: int | None = None   # None: engines.default_workers
     engine_threads: int | None = None
     allow_from: tuple[str, ...] = LOOPBACK
@@ -115,7 +117,8 @@ class ReplyText:
 
     def __init__(self, scheduler: Scheduler):
         self.scheduler = scheduler
-        self.segmenter = SentenceSegmenter()
+        # a streaming engine's first window costs the same whatever the sentence: no need to cut at a clause
+        self.segmenter = SentenceSegmenter(first_clause_min_chars=None if scheduler.synthesizer.streams else 20)
         self.reply: int | None = None
         self._opens = False
 
@@ -378,7 +381,8 @@ class KokoroService:
             engines = engines_ready.result()
         self.telemetry.workers = len(engines)
         self.voice_setting = VoiceSetting(voice, cfg.speed)
-        self.synthesizer = Synthesizer(engines, self.g2p, AudioCache(int(cfg.cache_mb * 1024 * 1024)), self.telemetry)
+        self.synthesizer = Synthesizer(engines, self.g2p, AudioCache(int(cfg.cache_mb * 1024 * 1024)), self.telemetry,
+                                       window_plan(cfg.synthesis))
         self.scheduler = Scheduler(self.synthesizer, self.voice_setting.get, cfg.schedule, cfg.routing.max_lead_s)
         self.registry = CallRegistry(cfg.routing, self.scheduler, self.telemetry)
         self._servers = [_TCPServer((cfg.host, cfg.tcp_port), self)]
@@ -401,10 +405,10 @@ class KokoroService:
             http = "; HTTP %s:%d" % self.http.address
         r = cfg.routing
         log.info("ready in %.1f s: LLaMA TCP %s:%d, registration UDP %s:%d (from %s)%s; engine %s on %s, %d worker(s), "
-                 "%s schedule; voice %s (%s phonemes); audio %d Hz, routing %s, processor link %s (ports %d+N, "
+                 "%s schedule, %s synthesis; voice %s (%s phonemes); audio %d Hz, routing %s, processor link %s (ports %d+N, "
                  "announce %d+N); %d open files allowed", time.monotonic() - started, *self.tcp_address,
                  *self.udp_address, ", ".join(cfg.allow_from), http, self.engine.label, self.engine.device, len(engines),
-                 cfg.schedule, voice.spec, phonemizer.backend, r.output_rate, r.mode, r.link, r.processor_base_port,
+                 cfg.schedule, "stream" if self.synthesizer.streams else "whole", voice.spec, phonemizer.backend, r.output_rate, r.mode, r.link, r.processor_base_port,
                  r.announce_base_port, files)
 
     def _load_engines(self, voice: Voice) -> list[Engine]:

@@ -22,6 +22,7 @@ from kokoro_daemon.calls import Routing  # noqa: E402
 from kokoro_daemon.engines import create_engine  # noqa: E402
 from kokoro_daemon.g2p import G2PRegistry  # noqa: E402
 from kokoro_daemon.server import KokoroService, ServiceConfig  # noqa: E402
+from kokoro_daemon.synthesis import AudioCache, Synthesizer  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 VOICES_DIR = SHARED / "voices" / "v1_0"
@@ -101,6 +102,17 @@ def speaking_with(service, spec: str):
         yield service.voice_setting.get()[0]
     finally:
         service.voice_setting.set(voice=previous)
+
+
+def spoken_outside(engine, g2p, text: str, voice, plan) -> np.ndarray:
+    """What the service's own path (phonemes, engine windows by ``plan``, trimming) gives, made outside it."""
+    return Synthesizer([engine], g2p, AudioCache(0), plan=plan).speak(text, voice, 1.0)[0]
+
+
+def expected_audio(service, engine, g2p, *texts: str) -> np.ndarray:
+    """What ``service`` says for each text as a segment of its own, in its current voice, made outside it."""
+    voice = service.voice_setting.get()[0]
+    return np.concatenate([spoken_outside(engine, g2p, text, voice, service.synthesizer.plan) for text in texts])
 
 
 def counter(name: str, **labels) -> float:

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, VOICES_DIR
+from conftest import ROOT, VOICES_DIR, spoken_outside
 from kokoro_daemon.config_db import ConfigDB
-from kokoro_daemon.synthesis import AudioCache, Synthesizer
+from kokoro_daemon.engines.windows import DEFAULT_SYNTHESIS, window_plan
 from kokoro_daemon.voices import VoiceLibrary
 from peers import LlamaClient, checked_audio, free_port, reply_frames
 
@@ -135,8 +135,8 @@ def test_voice_change_in_the_database_is_heard_on_the_next_reply(daemon, engine,
     text = "Thank you for holding."
     sky = checked_audio(reply_frames(daemon.address, "voice-1", text))
     # what the service's own path (phonemes, engine, trimming) gives for this text in am_adam
-    reference = Synthesizer([engine], g2p, AudioCache(0))
-    adam, _ = reference.speak(text, VoiceLibrary(str(VOICES_DIR)).load("am_adam"), 1.0)
+    adam = spoken_outside(engine, g2p, text, VoiceLibrary(str(VOICES_DIR)).load("am_adam"),
+                          window_plan(DEFAULT_SYNTHESIS))
     assert sky.shape != adam.shape or not np.allclose(sky, adam, atol=1e-3)
 
     mark = len(daemon.log)
@@ -159,7 +159,11 @@ def test_voice_change_in_the_database_is_heard_on_the_next_reply(daemon, engine,
             assert daemon.wait_log(f"database voice {bad!r} refused", 5, mark), daemon.log[mark:]
             assert " ERROR " in daemon.log[mark:] and reason in daemon.log[mark:]
             call.bye()
-            assert len(call.read_until_bye()) == 2
+            # both sentences, each whole, still in am_adam
+            sentences = [spoken_outside(engine, g2p, sentence, VoiceLibrary(str(VOICES_DIR)).load("am_adam"),
+                                        window_plan(DEFAULT_SYNTHESIS))
+                         for sentence in ("One moment while I check.", "I am looking at your account now.")]
+            assert np.allclose(checked_audio(call.read_until_bye()), np.concatenate(sentences), atol=1e-3)
         still = checked_audio(reply_frames(daemon.address, f"voice-after-{reason}", text))
         assert still.shape == adam.shape and np.allclose(still, adam, atol=1e-3)
     assert daemon.proc.poll() is None

@@ -21,7 +21,7 @@ from kokoro_daemon.cli import build_parser, config_from_args
 from kokoro_daemon.engines import create_engine
 from kokoro_daemon.engines import fast_graph
 from kokoro_daemon.engines.fast_graph import FRAME_SAMPLES, FastGraphError, compare_audio, convert, pitch_track
-from kokoro_daemon.engines.onnx_engine import EMBEDDED_NAME, embedded_model_path
+from kokoro_daemon.engines.model_asset import EMBEDDED_NAME, embedded_model_path
 from kokoro_daemon.voices import VoiceLibrary
 
 PHRASE = "Your appointment is confirmed for Tuesday at three thirty; is there anything else?"
@@ -180,13 +180,13 @@ def stale(target):
 
 @pytest.mark.parametrize("damage, problem", [(corrupt, "corrupt"), (stale, "another converter version")])
 def test_a_corrupt_or_stale_cache_is_rebuilt(cache_copy, damage, problem, caplog):
-    sound = fast_graph._sha256(cache_copy)
+    sound = fast_graph.sha256_file(cache_copy)
     damage(cache_copy)
     assert problem in fast_graph.cache_problem(cache_copy)
     caplog.set_level(logging.INFO, logger="kokoro_daemon.engines.fast_graph")
     assert fast_graph.fast_model_path() == cache_copy
     assert "building the fast graph" in caplog.text
-    assert fast_graph.cache_problem(cache_copy) is None and fast_graph._sha256(cache_copy) == sound
+    assert fast_graph.cache_problem(cache_copy) is None and fast_graph.sha256_file(cache_copy) == sound
     assert not list(cache_copy.parent.glob("*.tmp"))
 
 

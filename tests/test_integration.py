@@ -10,7 +10,7 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 
-from conftest import PHRASES, counter, judge, wait_for, write_wav
+from conftest import PHRASES, counter, expected_audio, judge, wait_for, write_wav
 from kokoro_daemon.calls import Routing
 from kokoro_daemon.segmenter import split_text
 from peers import LlamaClient, LlamaPeer, PiperProcessor, free_port, reply_frames, send_datagram
@@ -139,20 +139,25 @@ def test_processor_bye_mid_reply_stops_the_call_and_the_engine_moves_on(service)
 
 
 # 4 -------------------------------------------------------------------------------------------
-def test_unregistered_and_non_numeric_calls_get_audio_on_the_llama_connection(service, caplog):
+def test_unregistered_and_non_numeric_calls_get_audio_on_the_llama_connection(service, engine, g2p, caplog):
     caplog.set_level(logging.INFO, logger="kokoro_daemon")
     sent = counter("kokoro_frames_sent_total", destination="reply")
+    expected = expected_audio(service, engine, g2p, "You are caller number one.")
     with LlamaClient(service.tcp_address, "4401") as numeric:  # numeric, its processor never shows up
         numeric.text("You are caller number one.")
-        frame = numeric.read_frame()
-        assert (frame.chunk_id, frame.rate) == (1, 24000) and frame.samples.size > 12000
+        frames = [numeric.read_frame()]
+        while sum(f.samples.size for f in frames) < expected.size:
+            frames.append(numeric.read_frame())
+    np.testing.assert_array_equal(assert_call_frames(frames), expected)
     send_datagram(service.udp_address, "REGISTER:agent-x")  # non-numeric: no processor port to use
     assert wait_for(lambda: "REGISTER:agent-x before its call" in caplog.text, 10)
-    assert_call_frames(reply_frames(service.tcp_address, "agent-x", "Named calls work too."), 1)
+    named = reply_frames(service.tcp_address, "agent-x", "Named calls work too.")
+    np.testing.assert_array_equal(assert_call_frames(named), expected_audio(service, engine, g2p, "Named calls work too."))
     assert "call agent-x registered, but it has no processor port" in caplog.text
     send_datagram(service.udp_address, "REGISTER:99999")  # 9002 + 99999 is no TCP port
-    assert_call_frames(reply_frames(service.tcp_address, "99999", "Big numbers work too."), 1)
-    assert counter("kokoro_frames_sent_total", destination="reply") - sent == 3
+    big = reply_frames(service.tcp_address, "99999", "Big numbers work too.")
+    np.testing.assert_array_equal(assert_call_frames(big), expected_audio(service, engine, g2p, "Big numbers work too."))
+    assert counter("kokoro_frames_sent_total", destination="reply") - sent == len(frames) + len(named) + len(big)
 
 
 # 5 -------------------------------------------------------------------------------------------
@@ -160,7 +165,8 @@ def test_processor_only_holds_audio_until_register_and_expires_what_never_regist
     held = make_service(routing=Routing(mode="processor-only", link="dial-out", hold_seconds=1.0))
     text = "Good morning. Your table is ready."
     voice, speed = held.voice_setting.get()
-    for segment in split_text(text):  # stock phrases, cached: all of the reply is queued at once, whatever the CPU load
+    # stock phrases, cached: each reply is queued at once, one frame a segment, whatever the CPU load
+    for segment in [*split_text(text), "Nobody will hear this."]:
         held.synthesizer.speak(segment, voice, speed)
     expired = counter("kokoro_frames_dropped_total", reason="expired")
 

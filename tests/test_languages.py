@@ -8,8 +8,7 @@ import pytest
 from misaki import en, espeak
 
 from kokoro_daemon.g2p import G2PRegistry, G2PUnavailable
-from kokoro_daemon.synthesis import trim_silence
-from conftest import speaking_with
+from conftest import speaking_with, spoken_outside
 from peers import checked_audio, reply_frames
 
 # (prefix, voice, espeak language, one sentence in that language)
@@ -75,5 +74,5 @@ def test_british_voice_uses_the_british_phonemizer(service, engine, g2p):
         audio = checked_audio(reply_frames(service.tcp_address, "lang-b", text))
     assert rms(audio) > 0.02
     # the service spoke exactly the British phonemes with bf_emma's pack
-    expected = trim_silence(engine.synthesize(phonemes, current.pack), engine.sample_rate)
+    expected = spoken_outside(engine, g2p, text, current, service.synthesizer.plan)
     np.testing.assert_array_equal(audio, expected)

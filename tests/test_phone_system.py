@@ -11,10 +11,11 @@ import time
 import numpy as np
 import pytest
 
-from conftest import PHRASES, judge, wait_for, write_wav
+from conftest import PHRASES, expected_audio, judge, wait_for, write_wav
 from kokoro_daemon import metrics
 from kokoro_daemon.calls import Routing
-from peers import DialInProcessor, LlamaClient, LlamaPeer, PiperProcessor, free_port, send_datagram
+from kokoro_daemon.engines.windows import SYNTHESIS_MODES
+from peers import DialInProcessor, LlamaClient, LlamaPeer, PiperProcessor, checked_audio, free_port, send_datagram
 
 CALL = 7
 WAIT_S = 120.0
@@ -138,13 +139,17 @@ def test_the_processor_link_closing_ends_the_call_and_its_engine_work(phone):
 
 
 def test_audio_waits_for_a_processor_then_falls_back_to_the_llama_socket_and_a_late_processor_takes_over(
-        make_service):
+        make_service, engine, g2p):
     service = make_service(routing=phone_routing(processor_wait_s=1.0))
     with LlamaClient(service.tcp_address, str(CALL)) as client:
         hello_at = time.monotonic()
         client.text("Hello there, thanks for waiting.")
-        frame = client.read_frame()
-        assert frame.chunk_id == 1 and frame.received_at - hello_at >= 1.0
+        frames = [client.read_frame()]
+        assert frames[0].chunk_id == 1 and frames[0].received_at - hello_at >= 1.0
+        expected = expected_audio(service, engine, g2p, "Hello there, thanks for waiting.")
+        while sum(f.samples.size for f in frames) < expected.size:   # the rest of the reply follows its first window
+            frames.append(client.read_frame())
+        np.testing.assert_array_equal(checked_audio(frames), expected)
         with dial_in_processor(service) as processor:  # it links at the next REGISTER, up to 1 s from now
 
             def linked() -> bool:
@@ -152,7 +157,7 @@ def test_audio_waits_for_a_processor_then_falls_back_to_the_llama_socket_and_a_l
             assert wait_for(linked, 10), processor.errors
             client.text("A processor has joined now.")
             assert processor.wait_frames(1, WAIT_S), processor.errors
-            assert processor.frames[0].chunk_id == 2
+            assert processor.frames[0].chunk_id == len(frames) + 1
             client.sock.settimeout(1.0)
             with pytest.raises(TimeoutError):
                 client.read_frame()
@@ -206,13 +211,19 @@ def test_dial_in_only_ignores_a_piper_register(make_service, caplog):
     assert "REGISTER ignored: processors dial in" in caplog.text
 
 
-def test_every_reply_on_a_long_lived_connection_starts_with_a_short_first_clause(service):
+@pytest.mark.parametrize("synthesis", SYNTHESIS_MODES)
+def test_every_reply_on_a_long_lived_connection_starts_as_a_first_reply(make_service, synthesis):
+    """Whole: a segment a sentence (a long first one cut at a clause); stream: a short first window, then more."""
+    service = make_service(cache_mb=0, synthesis=synthesis)   # a cached segment would come whole, in one frame
     reply = "Sure, I can look into that for you right now. It will only take a moment."
     with LlamaClient(service.tcp_address, "first-reply") as fresh:
         fresh.text(reply)
         fresh.bye()
         alone = fresh.read_until_bye()
-    assert len(alone) == 2
+    if synthesis == "stream":
+        assert len(alone) > 2 and alone[0].samples.size <= service.synthesizer.plan.first_frames * 600
+    else:
+        assert len(alone) == 2   # one sentence a segment
     with LlamaClient(service.tcp_address, "long-lived") as client:
         for _ in range(3):
             client.text(reply)

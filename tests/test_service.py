@@ -7,10 +7,11 @@ import sys
 import threading
 import time
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import ROOT
+from conftest import ROOT, expected_audio
 from kokoro_daemon import metrics
 from peers import BYE, LlamaClient, checked_audio, reply_frames, send_datagram
 
@@ -38,10 +39,12 @@ def test_smoke_script_fails_without_a_service():
     assert proc.returncode != 0 and "Test failed" in proc.stderr
 
 
-def test_bye_after_text_delivers_its_audio_then_bye(service):
+def test_bye_after_text_delivers_its_audio_then_bye(service, engine, g2p):
     frames = reply_frames(service.tcp_address, "4101", "Thank you for calling. How can I help you today?")
     audio = checked_audio(frames)
-    assert len(frames) == 2  # one frame per sentence
+    # both sentences, each whole, and nothing else
+    np.testing.assert_array_equal(audio, expected_audio(service, engine, g2p, "Thank you for calling.",
+                                                        "How can I help you today?"))
     assert 1.5 < audio.size / 24000 < 8
 
 
@@ -130,7 +133,7 @@ def test_bad_hello_is_refused(service, caplog, raw, log_text):
     _assert_served_after(service)
 
 
-def test_oversized_text_is_skipped_and_the_connection_goes_on(service, caplog):
+def test_oversized_text_is_skipped_and_the_connection_goes_on(service, engine, g2p, caplog):
     """LLaMA may write to its connection again at any time: closing it would kill LLaMA (SIGPIPE)."""
     with LlamaClient(service.tcp_address, "4106") as bad, LlamaClient(service.tcp_address, "4107") as good:
         size = 10 * 1024 * 1024 + 1
@@ -141,18 +144,18 @@ def test_oversized_text_is_skipped_and_the_connection_goes_on(service, caplog):
         bad.text("This one is spoken.")
         bad.bye()
         frames = bad.read_until_bye()
-    assert len(frames) == 1 and checked_audio(frames).size > 12000
+    np.testing.assert_array_equal(checked_audio(frames), expected_audio(service, engine, g2p, "This one is spoken."))
     assert "exceeds the 10485760-byte limit; chunk skipped" in caplog.text
 
 
-def test_text_bye_ends_the_call_like_the_marker(service):
+def test_text_bye_ends_the_call_like_the_marker(service, engine, g2p):
     """The Piper service read a chunk that is exactly 'BYE' as BYE; so does this one."""
     with LlamaClient(service.tcp_address, "piper-bye") as client:
         client.text("Goodbye for now.")
         client.text("BYE")
         frames = client.read_until_bye()
         assert client.is_closed_by_peer()
-    assert len(frames) == 1 and checked_audio(frames).size > 12000
+    np.testing.assert_array_equal(checked_audio(frames), expected_audio(service, engine, g2p, "Goodbye for now."))
 
 
 def test_a_peer_that_sends_no_hello_is_closed(make_service, caplog):
@@ -163,14 +166,14 @@ def test_a_peer_that_sends_no_hello_is_closed(make_service, caplog):
     checked_audio(reply_frames(quick.tcp_address, "after-silence", "Still here."))
 
 
-def test_invalid_utf8_text_costs_only_that_chunk(service, caplog):
+def test_invalid_utf8_text_costs_only_that_chunk(service, engine, g2p, caplog):
     with LlamaClient(service.tcp_address, "4108") as client:
         client.send_raw(struct.pack(">I", 4) + b"ok\xc3\x28")
         client.text("This sentence still arrives.")
         client.bye()
         frames = client.read_until_bye()
-    checked_audio(frames)
-    assert len(frames) == 1
+    np.testing.assert_array_equal(checked_audio(frames),
+                                  expected_audio(service, engine, g2p, "This sentence still arrives."))
     assert "not valid UTF-8" in caplog.text
 
 
@@ -194,7 +197,7 @@ def test_garbage_datagrams_are_ignored(service, caplog, datagram):
     _assert_served_after(service)
 
 
-def test_text_streamed_in_pieces_is_joined_into_sentences(service):
+def test_text_streamed_in_pieces_is_joined_into_sentences(service, engine, g2p):
     """LLaMA may send a reply in pieces cut anywhere; the caller still hears whole sentences."""
     with LlamaClient(service.tcp_address, "4110") as client:
         for piece in ("Thank you for cal", "ling. How can", " I help", " you today?"):
@@ -203,16 +206,20 @@ def test_text_streamed_in_pieces_is_joined_into_sentences(service):
         client.bye()
         frames = client.read_until_bye()
     audio = checked_audio(frames)
-    assert len(frames) == 2  # "Thank you for calling." and "How can I help you today?"
+    np.testing.assert_array_equal(audio, expected_audio(service, engine, g2p, "Thank you for calling.",
+                                                        "How can I help you today?"))
     assert audio.size / 24000 > 2.0
 
 
-def test_trailing_text_without_punctuation_is_spoken_after_a_pause(service):
+def test_trailing_text_without_punctuation_is_spoken_after_a_pause(service, engine, g2p):
     """The real LLaMA never sends BYE: a reply without final punctuation must not wait forever."""
+    expected = expected_audio(service, engine, g2p, "Sure, one moment please")
     with LlamaClient(service.tcp_address, "4111") as client:
         client.text("Sure, one moment please")
-        frame = client.read_frame()
-        assert frame.chunk_id == 1 and frame.samples.size > 12000
+        frames = [client.read_frame()]
+        while sum(f.samples.size for f in frames) < expected.size:
+            frames.append(client.read_frame())
+    np.testing.assert_array_equal(checked_audio(frames), expected)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -8,15 +8,22 @@ fast_graph.py). Callers serialise access: one inference at a time.
 from __future__ import annotations
 
 import logging
-from abc import ABC, abstractmethod
+from abc import ABC
 
 import numpy as np
+
+from .windows import WHOLE, Utterance, Window, WindowPlan, edges, speech_span
 
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 24000
 MAX_PHONEMES = 510
+# Kokoro's decoder makes this many samples per predicted duration step (25 ms at 24 kHz).
+FRAME_SAMPLES = 600
 _CLAUSE_MARKS = ".!?;:,—…"
+# Checks at load that a streaming engine's frame arithmetic holds: "Thank you for calling." in Kokoro phonemes.
+CHECK_PHONEMES = "θˈæŋk ju fɔɹ kˈɔlɪŋ."
+STYLE_WIDTH = 256
 
 
 def split_phonemes(phonemes: str, limit: int = MAX_PHONEMES) -> list[str]:
@@ -38,11 +45,17 @@ def split_phonemes(phonemes: str, limit: int = MAX_PHONEMES) -> list[str]:
 
 
 class Engine(ABC):
-    """A loaded model; ``synthesize`` is not thread-safe and is called under the service's engine lock."""
+    """A loaded model; ``prepare`` and ``render`` are not thread-safe and are called under an engine lock.
+
+    An engine that ``streams`` runs its front end in ``prepare`` and its generator per window in
+    ``render`` (see windows.py); one that does not makes each model call whole, in ``render``.
+    """
 
     name: str
     device: str = "cpu"
     sample_rate = SAMPLE_RATE
+    streams = False
+    frame_samples = FRAME_SAMPLES
 
     def __init__(self, vocab: dict[str, int]):
         self.vocab = vocab
@@ -52,17 +65,92 @@ class Engine(ABC):
         """The engine as the ready line names it."""
         return self.name
 
-    def synthesize(self, phonemes: str, pack: np.ndarray, speed: float = 1.0) -> np.ndarray:
-        """Speak a phoneme string of any length; characters outside the model's vocabulary are dropped."""
+    def prepare(self, phonemes: str, pack: np.ndarray, speed: float = 1.0, plan: WindowPlan = WHOLE) -> list[Window]:
+        """The windows that speak a phoneme string of any length; characters outside the vocabulary are dropped."""
         known = "".join(ch for ch in phonemes if ch in self.vocab)
-        pieces = [self._infer(piece, pack, speed) for piece in split_phonemes(known) if piece.strip()]
+        windows: list[Window] = []
+        for piece in split_phonemes(known):
+            if not piece.strip():
+                continue
+            if not self.streams:
+                windows.append(Window(Utterance(1, (piece, pack, speed), self.frame_samples), 0, 1))
+                continue
+            utterance = self._front(piece, pack, speed)
+            if utterance.frames <= 0:
+                continue
+            utterance.context_frames = plan.context_frames
+            windows += [Window(utterance, start, stop) for start, stop in plan.spans(utterance.frames)]
+        if windows:
+            windows[0].first = windows[-1].last = True
+        return windows
+
+    def render(self, window: Window) -> np.ndarray:
+        """One window's audio, ready to send: crossfaded into the one before, its own end held for the next."""
+        if not self.streams:
+            return self._infer(*window.utterance.features)
+        left, right = window.context()
+        return window.assemble(self._generate(window.utterance, window.start - left, window.stop + right))
+
+    def synthesize(self, phonemes: str, pack: np.ndarray, speed: float = 1.0) -> np.ndarray:
+        """Speak a phoneme string of any length in one go (each model call as one window)."""
+        pieces = [self.render(window) for window in self.prepare(phonemes, pack, speed)]
         if not pieces:
             return np.zeros(0, dtype=np.float32)
         return np.concatenate(pieces).astype(np.float32, copy=False)
 
-    @abstractmethod
     def _infer(self, phonemes: str, pack: np.ndarray, speed: float) -> np.ndarray:
-        """One model call on at most MAX_PHONEMES in-vocabulary phonemes."""
+        """One whole model call on at most MAX_PHONEMES in-vocabulary phonemes (engines that do not stream)."""
+        raise NotImplementedError
+
+    # -- streaming: the engine gives _features and _run_generator, the rest is the same for every engine --
+    def _features(self, phonemes: str, pack: np.ndarray, speed: float) -> tuple:
+        """A whole model call's durations (frames per token, pads included), the generator's input, its
+        harmonic source and the style the generator reads; the source made once, for every window to slice."""
+        raise NotImplementedError
+
+    def _run_generator(self, features, source, style) -> np.ndarray:
+        """The generator on a stretch of the features and the matching stretch of the source."""
+        raise NotImplementedError
+
+    def _set_up_streaming(self) -> bool:
+        """Stream if a check phrase's frame arithmetic holds exactly: so many generator input and source
+        steps per frame, so many samples per frame. Otherwise say why; the engine then runs whole."""
+        phonemes = "".join(ch for ch in CHECK_PHONEMES if ch in self.vocab)
+        self.streams = False
+        try:
+            durations, features, source, style = self._features(
+                phonemes, np.zeros((MAX_PHONEMES, 1, STYLE_WIDTH), dtype=np.float32), 1.0)
+            frames = int(np.asarray(durations).sum())
+            self._feature_steps, extra = divmod(features.shape[-1], frames)
+            self._source_steps, source_extra = divmod(source.shape[-1] - 1, frames)
+            if extra or source_extra or not self._feature_steps:
+                raise ValueError(f"generator input {tuple(features.shape)} and source {tuple(source.shape)} "
+                                 f"do not line up with {frames} frames")
+            samples = self._run_generator(features, source, style).size
+            self.frame_samples, extra = divmod(samples, frames)
+            if extra or not self.frame_samples:
+                raise ValueError(f"{samples} samples for {frames} frames")
+        except (AttributeError, RuntimeError, ValueError) as exc:
+            log.warning("%s cannot be run in windows (%s): synthesizing whole segments", self.label, exc)
+            return False
+        self.streams = True
+        log.info("%s streams in windows (%d samples per frame)", self.label, self.frame_samples)
+        return True
+
+    def _front(self, phonemes: str, pack: np.ndarray, speed: float) -> Utterance:
+        """The model call's features, with its spoken span and the edges beyond it that windows may render."""
+        durations, features, source, style = self._features(phonemes, pack, speed)
+        durations = np.asarray(durations).reshape(-1)
+        start, stop = speech_span(phonemes, durations)
+        before, after = edges(start, stop, int(durations.sum()))
+        return Utterance(stop - start, (features, source, style), self.frame_samples, before, after, offset=start)
+
+    def _generate(self, utterance: Utterance, start: int, stop: int) -> np.ndarray:
+        """The audio of frames [start, stop) of the spoken span (either end may reach into its edges)."""
+        features, source, style = utterance.features
+        start, stop = start + utterance.offset, stop + utterance.offset
+        return self._run_generator(features[..., start * self._feature_steps: stop * self._feature_steps],
+                                   source[..., start * self._source_steps: stop * self._source_steps + 1], style)
 
 
 ENGINE_CHOICES = ("auto", "kokoro", "onnx")

