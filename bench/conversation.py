@@ -31,6 +31,7 @@ from engine_layout import layouts, throughput
 sys.path.insert(0, str(ROOT / "tests"))
 from peers import DialInProcessor, LlamaDied, LlamaPeer  # noqa: E402
 
+from kokoro_daemon.engines.windows import DEFAULT_SYNTHESIS, SYNTHESIS_MODES  # noqa: E402
 from kokoro_daemon.segmenter import split_text  # noqa: E402
 
 # Phone-agent replies of 1 to 4 sentences, from the speech judge's phrases and others like them.
@@ -310,7 +311,8 @@ def free_bases(kind: int, count: int, how_many: int) -> list[int]:
 class ServiceUnderTest:
     """The real service with dial-in processors and one scheduler, its reply log, and one LLaMA client."""
 
-    def __init__(self, schedule: str, voices_dir: Path, log_path: Path, tts_base: int, announce_base: int):
+    def __init__(self, schedule: str, voices_dir: Path, log_path: Path, tts_base: int, announce_base: int,
+                 synthesis: str):
         self.schedule = schedule
         self.tts_base, self.announce_base = tts_base, announce_base
         self.metrics_port = free_port(socket.SOCK_STREAM)
@@ -318,7 +320,7 @@ class ServiceUnderTest:
         self.next_call_id = 1
         self.process = ServiceProcess(voices_dir, log_path, cache_mb=0, on_line=self.replies.feed, extra_args=(
             "--processor-link", "dial-in", "--processor-base-port", str(tts_base),
-            "--announce-base-port", str(announce_base), "--schedule", schedule,
+            "--announce-base-port", str(announce_base), "--schedule", schedule, "--synthesis", synthesis,
             "--metrics-port", str(self.metrics_port)))
         self.llama: LlamaPeer | None = None
 
@@ -510,7 +512,7 @@ def run(args) -> int:
         for schedule, tts_base, announce_base in zip(SCHEDULES, tts_bases, announce_bases):
             log(f"starting the service with --schedule {schedule}")
             services[schedule] = ServiceUnderTest(schedule, args.voices_dir, args.out / f"conversation-{schedule}.log",
-                                                  tts_base, announce_base)
+                                                  tts_base, announce_base, args.synthesis)
         startup = {s: svc.wait_ready() for s, svc in services.items()}
         log("loading the bare engine here; pass 1")
         bare = BareLayouts(args.voices_dir)
@@ -556,7 +558,7 @@ def run(args) -> int:
     sustained = {s: calls_sustained(results[s]) for s in SCHEDULES}
     acceptance = issue_figures(results["playout"], single_call_s, first_segments, bare_layouts[best])
     report = {
-        "quick": args.quick, "turns": turns, "seed": args.seed, "talk_s": TALK_S, "replies": REPLIES,
+        "quick": args.quick, "synthesis": args.synthesis, "turns": turns, "seed": args.seed, "talk_s": TALK_S, "replies": REPLIES,
         "levels_planned": levels, "machine": machine, "startup": startup,
         "criteria": {"first_audio_p95_over_single_call": FIRST_AUDIO_FACTOR, "gap_share": GAP_SHARE,
                      "erased_s": 0.0, "errors": 0},
@@ -589,6 +591,8 @@ def main() -> int:
     parser.add_argument("--every-level", action="store_true",
                         help="run every level up to --max-calls, even past the first that falls short")
     parser.add_argument("--quick", action="store_true", help="1 and 2 calls, 2 turns, one bare pass: a smoke check")
+    parser.add_argument("--synthesis", choices=SYNTHESIS_MODES, default=DEFAULT_SYNTHESIS,
+                        help=f"the services' --synthesis (default {DEFAULT_SYNTHESIS})")
     return run(parser.parse_args())
 
 

@@ -6,8 +6,9 @@ front end predicts durations, prosody (F0, energy) and the generator's input fea
 harmonic source is made for the whole sentence, so that pitch, timing and phase never depend on
 where a window is cut. Each *window* is then rendered on its own, with context frames on both
 sides, and consecutive windows are crossfaded over CROSSFADE_SAMPLES. The scheduler hands out
-windows as the unit of engine work, so a new reply's first window never waits behind a whole
-sentence of another call.
+windows as the unit of engine work, so a reply's first audio costs the front end and one small
+window, and never waits behind the whole first sentence of another reply. ``WHOLE`` makes each
+model call one window: the silence is still skipped, and nothing else changes.
 
 The frames of the boundary tokens (the pad before the first phoneme and the pad and closing
 punctuation after the last) are silence that the service used to make and throw away: prepare
