@@ -18,7 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -26,7 +25,7 @@ from benchmark import BenchmarkError, ServiceProcess, bench_arguments, log, mach
 
 from kokoro_daemon.engines import create_engine  # noqa: E402
 from kokoro_daemon.engines.model_asset import embedded_model_path, session_options  # noqa: E402
-from kokoro_daemon.engines.windows import WHOLE, WindowPlan  # noqa: E402
+from kokoro_daemon.engines.windows import WindowPlan  # noqa: E402
 from kokoro_daemon.g2p import G2PRegistry  # noqa: E402
 from kokoro_daemon.voices import VoiceLibrary  # noqa: E402
 

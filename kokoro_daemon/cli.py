@@ -103,9 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="playout: serve the caller whose audio runs out soonest; round-robin: one segment per call "
                         "in turn (default playout) [KOKORO_SCHEDULE]")
     p.add_argument("--synthesis", choices=SYNTHESIS_MODES, default=_env("KOKORO_SYNTHESIS", DEFAULT_SYNTHESIS),
-                   help="stream: a sentence's audio in windows, a small first one, each a unit of engine work; "
-                        f"whole: each sentence in one engine call (default {DEFAULT_SYNTHESIS}; engines that cannot "
-                        "be cut run whole) [KOKORO_SYNTHESIS]")
+                   help="stream: a reply's first sentence in windows, a small first one, each a unit of engine "
+                        "work, so first audio does not grow with the sentence (at some cost in quality, see "
+                        f"bench/README.md); whole: each sentence in one engine call (default {DEFAULT_SYNTHESIS}; "
+                        "engines that cannot be cut run whole) [KOKORO_SYNTHESIS]")
     p.add_argument("--engine-workers", type=int, default=_env("KOKORO_ENGINE_WORKERS", None, int),
                    help=f"engine copies (each a model behind its own lock) speaking different calls at once; "
                         f"default {CPU_ONNX_WORKERS} for onnx on CPU, else 1 [KOKORO_ENGINE_WORKERS]")

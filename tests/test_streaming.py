@@ -3,7 +3,6 @@ and a reply's first window served before the rest of another call's sentence."""
 from __future__ import annotations
 
 import logging
-import threading
 
 import numpy as np
 import onnx
@@ -14,7 +13,6 @@ from onnx import helper
 
 from conftest import VOICES_DIR, judge, write_wav
 from kokoro_daemon.calls import Resampler
-from kokoro_daemon.engines import create_engine
 from kokoro_daemon.engines.model_asset import embedded_model_path, session_options
 from kokoro_daemon.engines.onnx_engine import OnnxEngine
 from kokoro_daemon.engines.stream_graph import StreamGraphError, find_cuts, split
