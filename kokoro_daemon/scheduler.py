@@ -28,10 +28,11 @@ of any mid-reply audio. So first audio no longer grows with the first sentence's
 first sentence is spoken whole, with no clause cut), and a new reply's first window waits for at
 most one window of another reply's first sentence. While a reply's first window runs, no other
 work starts on another worker unless its own caller would run dry first: on a machine whose
-workers share the cores, the first window then gets them all. The segments after a reply's first
-are spoken whole, as the caller already has audio while they are made: each window boundary
-costs some quality (the generator's instance norms see only their window; bench/README.md has the
-figures), so windows are used only where the caller is waiting.
+workers share the cores, the first window then gets them all. A later segment is spoken in windows
+too when its caller's audio would run out before it could be made whole; otherwise it is spoken
+whole, as the caller has audio while it is made: each window boundary costs some quality (the
+generator's instance norms see only their window; bench/README.md has the figures), so windows are
+used only where the caller would wait.
 """
 from __future__ import annotations
 
@@ -252,6 +253,12 @@ class Scheduler:
             self._underrun(now, len(candidates))
         return best, wake_at
 
+    def _waited_for(self, segment: Segment, listener) -> bool:
+        """Whether the caller would wait for this segment made whole: a reply's first, or one its caller's
+        audio runs out before: those are spoken in windows (when the engine streams)."""
+        return segment.opens_reply or \
+            self.costs[-1].estimate(len(segment.text)) + SAFETY_S > listener.dry_at() - time.monotonic()
+
     def _estimate(self, head: Segment) -> float:
         """Lock held: engine seconds the head's next unit will take with every worker busy."""
         if head.job is not None and head.job.started:
@@ -358,7 +365,8 @@ class Scheduler:
                 return None
             if job is None:
                 voice, speed = listener.voice or self.current_voice()
-                audio, job = self.synthesizer.begin(segment.text, voice, speed, windowed=segment.opens_reply)
+                audio, job = self.synthesizer.begin(segment.text, voice, speed, windowed=self._waited_for(segment,
+                                                                                                         listener))
         if job is not None:
             first, frames = not job.started, job.next_frames()
             cost = self.costs[sharing] if first else self.window_costs[sharing]
