@@ -4,6 +4,7 @@ client keeps one connection per call for ever, sends each reply whole, never rea
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import time
@@ -227,6 +228,18 @@ def test_every_reply_on_a_long_lived_connection_starts_as_a_first_reply(make_ser
     with LlamaClient(service.tcp_address, "long-lived") as client:
         for _ in range(3):
             client.text(reply)
-            frames = [client.read_frame() for _ in alone]
-            assert [f.samples.size for f in frames] == [f.samples.size for f in alone]
+            total = sum(f.samples.size for f in alone)
+            frames = [client.read_frame()]
+            while sum(f.samples.size for f in frames) < total - 2400:
+                frames.append(client.read_frame())
+            client.sock.settimeout(2.0)   # the reply's last frames, if any
+            with contextlib.suppress(TimeoutError):
+                while True:
+                    frames.append(client.read_frame())
+            client.sock.settimeout(120.0)
+            # the same first unit as a fresh call's; under stream a later sentence comes in windows or whole
+            # by how much audio its caller has left (a few samples apart), so only whole frames it the same way
             assert np.array_equal(frames[0].samples, alone[0].samples)
+            assert abs(sum(f.samples.size for f in frames) - total) <= 2400
+            if synthesis == "whole":
+                assert [f.samples.size for f in frames] == [f.samples.size for f in alone]
