@@ -3,8 +3,8 @@
 # ./venv-kokoro with Python 3.11 and installs requirements.txt, then starts the service.
 #
 #   ./start-kokoro.sh [service options]   start (see ./start-kokoro.sh --help)
-#   ./start-kokoro.sh --setup-only        only create/update the virtual environment and the
-#                                         fast ONNX graph in the model cache
+#   ./start-kokoro.sh --setup-only        only create/update the virtual environment (and, with
+#                                         KOKORO_ONNX_GRAPH=fast, build the fast ONNX graph)
 #
 # Every KOKORO_* variable (KOKORO_VOICE, KOKORO_TCP_PORT, KOKORO_UDP_PORT, KOKORO_DEVICE,
 # KOKORO_ENGINE, KOKORO_VOICES_DIR, KOKORO_MODEL, KOKORO_DB, ...) reaches the service as
@@ -42,11 +42,10 @@ if [[ ! -f "$VENV/.installed" || requirements.txt -nt "$VENV/.installed" ]]; the
     echo "start-kokoro.sh: installing requirements.txt into $VENV (first run takes a few minutes)" >&2
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements.txt
     touch "$VENV/.installed"
-    fresh_install=1
 fi
-# The fast ONNX graph (--onnx-graph fast) is converted once into the model cache (a few seconds);
-# --setup-only makes sure it is there and sound, so that neither the tests nor a start pay for it.
-if [[ -n "${fresh_install:-}" || "${1:-}" == "--setup-only" ]]; then
+# The fast ONNX graph is built only for those who ask for it (256 MB on disk, seconds of CPU):
+# here at set-up with KOKORO_ONNX_GRAPH=fast, else at the first start with --onnx-graph fast.
+if [[ "${1:-}" == "--setup-only" && "${KOKORO_ONNX_GRAPH:-}" == "fast" ]]; then
     "$VENV/bin/python" -m kokoro_daemon.engines.fast_graph >/dev/null
 fi
 

@@ -81,14 +81,19 @@ class ServiceProcess:
     """``kokoro_service.py`` on free ports; its stderr is kept (and saved) to see when it is ready.
 
     ``extra_args`` go on its command line; ``on_line`` sees every log line as it comes. Its HTTP API is
-    off unless ``http`` (then on ``http_port``).
+    off unless ``http`` (then on ``http_port``). ``ports`` (LLaMA, HTTP) fixes the ports, as for an
+    instance behind a balancer; ``cpus`` pins it to those cores.
     """
 
     def __init__(self, voices_dir: Path, log_path: Path, cache_mb: float | None,
                  engine_args: tuple[str, ...] = ("--engine", "onnx"), extra_args: tuple[str, ...] = (),
-                 on_line: Callable[[str], None] | None = None, http: bool = False):
-        self.tcp_port = free_port(socket.SOCK_STREAM)
-        self.http_port = free_port(socket.SOCK_STREAM) if http else 0
+                 on_line: Callable[[str], None] | None = None, http: bool = False,
+                 ports: tuple[int, int] | None = None, cpus: set[int] | None = None):
+        if ports is not None:
+            self.tcp_port, self.http_port = ports
+        else:
+            self.tcp_port = free_port(socket.SOCK_STREAM)
+            self.http_port = free_port(socket.SOCK_STREAM) if http else 0
         command = [sys.executable, str(ROOT / "kokoro_service.py"), *engine_args, "--device", "cpu",
                    "-t", str(self.tcp_port), "-u", str(free_port(socket.SOCK_DGRAM)),
                    "--http-port", str(self.http_port), "--voices-dir", str(voices_dir), *extra_args]
@@ -100,7 +105,8 @@ class ServiceProcess:
         self.ready_line = threading.Event()
         self.started = time.perf_counter()
         self.proc = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True)
+                                     stderr=subprocess.PIPE, text=True,
+                                     preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus))
         self._reader = threading.Thread(target=self._read_log, daemon=True)
         self._reader.start()
 

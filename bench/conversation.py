@@ -18,7 +18,8 @@ import sys
 import threading
 import time
 import urllib.request
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import numpy as np
 
 from benchmark import (ROOT, BareEngine, BenchmarkError, ServiceProcess, bench_arguments, free_port, log,
                        machine_info, mean_of_passes, write_results)
+from balancer import Deployment
 from engine_layout import layouts, throughput
 
 sys.path.insert(0, str(ROOT / "tests"))
@@ -309,24 +311,39 @@ def free_bases(kind: int, count: int, how_many: int) -> list[int]:
 
 
 class ServiceUnderTest:
-    """The real service with dial-in processors and one scheduler, its reply log, and one LLaMA client."""
+    """The real service with dial-in processors and one scheduler, its reply log, and one LLaMA client.
+
+    One process on every core (``cpus`` None), or one instance per entry of ``cpus`` (pinned to those
+    cores) behind HAProxy as deploy/ lays them out (bench/balancer.py).
+    """
 
     def __init__(self, schedule: str, voices_dir: Path, log_path: Path, tts_base: int, announce_base: int,
-                 synthesis: str):
+                 synthesis: str, cpus: list[set[int] | None] | None = None):
         self.schedule = schedule
         self.tts_base, self.announce_base = tts_base, announce_base
-        self.metrics_port = free_port(socket.SOCK_STREAM)
         self.replies = ReplyLog()
         self.next_call_id = 1
-        self.process = ServiceProcess(voices_dir, log_path, cache_mb=0, on_line=self.replies.feed, extra_args=(
-            "--processor-link", "dial-in", "--processor-base-port", str(tts_base),
-            "--announce-base-port", str(announce_base), "--schedule", schedule, "--synthesis", synthesis,
-            "--metrics-port", str(self.metrics_port)))
+        args = ("--processor-link", "dial-in", "--processor-base-port", str(tts_base),
+                "--announce-base-port", str(announce_base), "--schedule", schedule, "--synthesis", synthesis)
+        self.deployment: Deployment | None = None
+        if cpus is None:
+            metrics_port = free_port(socket.SOCK_STREAM)
+            process = ServiceProcess(voices_dir, log_path, cache_mb=0, on_line=self.replies.feed,
+                                     extra_args=(*args, "--metrics-port", str(metrics_port)))
+            self.instances, self.address = [process], process.address
+            self.metrics_ports = [metrics_port]
+        else:
+            workdir = log_path.with_suffix("")
+            workdir.mkdir(parents=True, exist_ok=True)
+            self.deployment = Deployment(voices_dir, workdir, cpus, extra_args=args, cache_mb=0,
+                                         on_line=self.replies.feed)
+            self.instances, self.address = self.deployment.instances, self.deployment.address
+            self.metrics_ports = [http for _, http in self.deployment.ports]   # /metrics is on the HTTP port
         self.llama: LlamaPeer | None = None
 
     def wait_ready(self) -> dict:
-        startup = self.process.wait_ready()
-        self.llama = LlamaPeer(self.process.address)
+        startup = self.deployment.wait_ready() if self.deployment else self.instances[0].wait_ready()
+        self.llama = LlamaPeer(self.address)
         return startup
 
     def call_ids(self, count: int) -> list[int]:
@@ -335,23 +352,48 @@ class ServiceUnderTest:
         self.next_call_id += count
         return ids
 
+    def cpu_s(self) -> float:
+        return sum(instance.cpu_s() for instance in self.instances)
+
     def engine_busy_s(self) -> float | None:
-        """The service's own engine-busy counter, if it exports one."""
+        """The instances' own engine-busy counters, summed, if they export them."""
         from prometheus_client.parser import text_string_to_metric_families
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
-                text = response.read().decode()
-        except OSError:
-            return None
-        for family in text_string_to_metric_families(text):
-            if family.name == ENGINE_BUSY_METRIC:
-                return sum(s.value for s in family.samples if s.name == f"{ENGINE_BUSY_METRIC}_total")
-        return None
+        total = 0.0
+        for port in self.metrics_ports:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+                    text = response.read().decode()
+            except OSError:
+                return None
+            total += sum(s.value for family in text_string_to_metric_families(text) if family.name == ENGINE_BUSY_METRIC
+                         for s in family.samples if s.name == f"{ENGINE_BUSY_METRIC}_total")
+        return total
 
     def stop(self) -> None:
         if self.llama is not None:
             self.llama.close()      # LLaMA restarting: the only time its connections close
-        self.process.stop()
+        if self.deployment is not None:
+            self.deployment.stop()
+        else:
+            self.instances[0].stop()
+
+
+@contextmanager
+def services_under_test(specs: dict[str, dict], voices_dir: Path, call_ids: int) -> Iterator[dict[str, ServiceUnderTest]]:
+    """A ServiceUnderTest for each spec (its keyword arguments), each with port ranges of its own for
+    ``call_ids`` calls; all stopped at the end."""
+    tts_bases, announce_bases = (free_bases(kind, call_ids, len(specs)) for kind in (socket.SOCK_STREAM,
+                                                                                      socket.SOCK_DGRAM))
+    services: dict[str, ServiceUnderTest] = {}
+    try:
+        for (name, spec), tts_base, announce_base in zip(specs.items(), tts_bases, announce_bases):
+            log(f"starting {name}")
+            services[name] = ServiceUnderTest(voices_dir=voices_dir, tts_base=tts_base, announce_base=announce_base,
+                                              **spec)
+        yield services
+    finally:
+        for service in services.values():
+            service.stop()
 
 
 def run_level(service: ServiceUnderTest, plans: list[list[TurnPlan]], timeout_s: float) -> dict:
@@ -369,7 +411,7 @@ def run_level(service: ServiceUnderTest, plans: list[list[TurnPlan]], timeout_s:
         finally:
             processors[i].kill()
 
-    cpu, busy, began = service.process.cpu_s(), service.engine_busy_s(), time.monotonic()
+    cpu, busy, began = service.cpu_s(), service.engine_busy_s(), time.monotonic()
     threads = [threading.Thread(target=call, args=(i,), name=f"call-{i}") for i in range(len(plans))]
     for t in threads:
         t.start()
@@ -379,8 +421,39 @@ def run_level(service: ServiceUnderTest, plans: list[list[TurnPlan]], timeout_s:
     busy_after = service.engine_busy_s()
     finished = [c if c is not None else Conversation(str(p.call_id), began, began, error="crashed")
                 for c, p in zip(conversations, processors)]
-    return summarize(finished, processors, len(plans[0]), wall, service.process.cpu_s() - cpu,
+    return summarize(finished, processors, len(plans[0]), wall, service.cpu_s() - cpu,
                      busy_after - busy if busy is not None and busy_after is not None else None)
+
+
+def run_levels(services: dict[str, ServiceUnderTest], levels: tuple[int, ...], turns: int, seed: int,
+               timeout_s: float, every_level: bool = False) -> tuple[dict[str, dict[int, dict]], float]:
+    """Each level's conversations on every service in turn, the order alternating level by level so that a
+    noisy spell on the machine falls on all; until every service falls short (or every level, if asked).
+    Also the single-call p95 first audio over all services: the one reference their levels are held to."""
+    results: dict[str, dict[int, dict]] = {name: {} for name in services}
+    single_call_s = None
+    short: set[str] = set()
+    for index, calls in enumerate(levels):
+        plans = plan_calls(seed, calls, turns)
+        for name in (list(services) if index % 2 == 0 else list(services)[::-1]):
+            if name not in short or every_level:
+                log(f"{name}: {calls} call(s) x {turns} turns")
+                results[name][calls] = run_level(services[name], plans, timeout_s)
+        if single_call_s is None:
+            firsts = [s for r in results.values() for s in r[1]["first_audio_all_s"]]
+            if not firsts:
+                raise BenchmarkError("no turn of a single call was heard:\n  "
+                                     + "\n  ".join(e for r in results.values() for e in r[1]["errors"]))
+            single_call_s = percentile(firsts, 95)
+        for name in services:
+            if calls in results[name]:
+                level = results[name][calls]
+                level["shortfalls"] = shortfalls(level, single_call_s)
+                if level["shortfalls"]:
+                    short.add(name)
+        if short == set(services) and not every_level:
+            break
+    return results, single_call_s
 
 
 # -- the physical bound ---------------------------------------------------------------------
@@ -503,52 +576,23 @@ def run(args) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     machine = machine_info()
     began = time.perf_counter()
-    ids = sum(levels)
-    tts_bases, announce_bases = (free_bases(kind, ids, len(SCHEDULES)) for kind in (socket.SOCK_STREAM,
-                                                                                       socket.SOCK_DGRAM))
-    services: dict[str, ServiceUnderTest] = {}
-    results: dict[str, dict[int, dict]] = {s: {} for s in SCHEDULES}
+    specs = {schedule: {"schedule": schedule, "log_path": args.out / f"conversation-{schedule}.log",
+                        "synthesis": args.synthesis} for schedule in SCHEDULES}
     try:
-        for schedule, tts_base, announce_base in zip(SCHEDULES, tts_bases, announce_bases):
-            log(f"starting the service with --schedule {schedule}")
-            services[schedule] = ServiceUnderTest(schedule, args.voices_dir, args.out / f"conversation-{schedule}.log",
-                                                  tts_base, announce_base, args.synthesis)
-        startup = {s: svc.wait_ready() for s, svc in services.items()}
-        log("loading the bare engine here; pass 1")
-        bare = BareLayouts(args.voices_dir)
-        passes = [bare.measure(bare_texts)]
-        single_call_s = None
-        short: set[str] = set()
-        for index, calls in enumerate(levels):
-            plans = plan_calls(args.seed, calls, turns)
-            for schedule in (SCHEDULES if index % 2 == 0 else SCHEDULES[::-1]):
-                if schedule not in short or args.every_level:
-                    log(f"--schedule {schedule}: {calls} call(s) x {turns} turns")
-                    results[schedule][calls] = run_level(services[schedule], plans, args.turn_timeout_s)
-            if single_call_s is None:
-                firsts = [s for r in results.values() for s in r[1]["first_audio_all_s"]]
-                if not firsts:
-                    raise BenchmarkError("no turn of a single call was heard:\n  "
-                                         + "\n  ".join(e for r in results.values() for e in r[1]["errors"]))
-                single_call_s = percentile(firsts, 95)
-            for schedule in SCHEDULES:
-                if calls in results[schedule]:
-                    level = results[schedule][calls]
-                    level["shortfalls"] = shortfalls(level, single_call_s)
-                    if level["shortfalls"]:
-                        short.add(schedule)
-            if short == set(SCHEDULES) and not args.every_level:
-                break
-        if not args.quick:
-            log("bare engine, pass 2")
-            passes.append(bare.measure(bare_texts))
+        with services_under_test(specs, args.voices_dir, sum(levels)) as services:
+            startup = {s: svc.wait_ready() for s, svc in services.items()}
+            log("loading the bare engine here; pass 1")
+            bare = BareLayouts(args.voices_dir)
+            passes = [bare.measure(bare_texts)]
+            results, single_call_s = run_levels(services, levels, turns, args.seed, args.turn_timeout_s,
+                                                args.every_level)
+            if not args.quick:
+                log("bare engine, pass 2")
+                passes.append(bare.measure(bare_texts))
         first_segments = bare.first_segment_s({t["text"] for s in SCHEDULES for t in results[s][1]["turn_details"]})
     except BenchmarkError as exc:
         print(f"\n*** BENCHMARK FAILED ***\n{exc}", file=sys.stderr)
         return 1
-    finally:
-        for service in services.values():
-            service.stop()
     machine["loadavg_at_end"] = os.getloadavg()
     bare_layouts = mean_of_passes(passes)
     best = max(bare_layouts, key=bare_layouts.get)
@@ -581,15 +625,22 @@ def run(args) -> int:
     return 0
 
 
-def main() -> int:
-    parser = bench_arguments(__doc__.splitlines()[0], "conversation.json, conversation.png")
+def conversation_arguments(description: str, outputs: str, max_calls: int):
+    """The options of the benchmarks that hold conversations (this one, instances.py)."""
+    parser = bench_arguments(description, outputs)
     parser.add_argument("--turns", type=int, default=TURNS, help=f"replies per conversation (default {TURNS})")
-    parser.add_argument("--max-calls", type=int, default=16, help="the most simultaneous calls tried (default 16)")
+    parser.add_argument("--max-calls", type=int, default=max_calls,
+                        help=f"the most simultaneous calls tried (default {max_calls})")
     parser.add_argument("--seed", type=int, default=1, help="seed of the talk times and replies (default 1)")
     parser.add_argument("--turn-timeout-s", type=float, default=TURN_TIMEOUT_S,
                         help=f"how long a reply may take to be logged done, then played (default {TURN_TIMEOUT_S:.0f})")
     parser.add_argument("--every-level", action="store_true",
                         help="run every level up to --max-calls, even past the first that falls short")
+    return parser
+
+
+def main() -> int:
+    parser = conversation_arguments(__doc__.splitlines()[0], "conversation.json, conversation.png", 16)
     parser.add_argument("--quick", action="store_true", help="1 and 2 calls, 2 turns, one bare pass: a smoke check")
     parser.add_argument("--synthesis", choices=SYNTHESIS_MODES, default=DEFAULT_SYNTHESIS,
                         help=f"the services' --synthesis (default {DEFAULT_SYNTHESIS})")

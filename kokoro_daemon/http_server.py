@@ -35,6 +35,10 @@ class HttpServer:
 
     def stop(self) -> None:
         """Stop accepting; requests still streaming get SHUTDOWN_GRACE_S, then are cancelled."""
+        if not self._thread.is_alive():     # never started: the service's start failed after binding the port
+            self._sock.close()
+            self._loop.close()
+            return
         asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=SHUTDOWN_GRACE_S + 10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)

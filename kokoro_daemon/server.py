@@ -370,10 +370,25 @@ class KokoroService:
         log.info("speed is now %.2f", speed)
 
     def start(self) -> None:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()     # let go of the ports a failed start took
+            raise
+
+    def _start(self) -> None:
         started = time.monotonic()
         cfg = self.config
         check_speed(cfg.speed)
         files = raise_open_file_limit()
+        # The ports first: a taken one fails the start in a moment, not after the model has loaded. LLaMA
+        # connections made meanwhile wait in the listen backlog and are served once the model is ready.
+        self._servers = [_TCPServer((cfg.host, cfg.tcp_port), self)]
+        try:
+            self._servers.append(_UDPServer((cfg.host, cfg.udp_port), self))
+        except OSError as exc:
+            raise OSError(exc.errno, f"UDP port {cfg.host}:{cfg.udp_port} for REGISTER/BYE is not free ({exc.strerror}); "
+                                     "is another service running?") from None
         voice = self.voices.load(cfg.voice) if cfg.strict_voice else self.voices.load_or_fallback(cfg.voice)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-load") as pool:
             engines_ready = pool.submit(self._load_engines, voice)
@@ -385,12 +400,6 @@ class KokoroService:
                                        window_plan(cfg.synthesis))
         self.scheduler = Scheduler(self.synthesizer, self.voice_setting.get, cfg.schedule, cfg.routing.max_lead_s)
         self.registry = CallRegistry(cfg.routing, self.scheduler, self.telemetry)
-        self._servers = [_TCPServer((cfg.host, cfg.tcp_port), self)]
-        try:
-            self._servers.append(_UDPServer((cfg.host, cfg.udp_port), self))
-        except OSError as exc:
-            raise OSError(exc.errno, f"UDP port {cfg.host}:{cfg.udp_port} for REGISTER/BYE is not free ({exc.strerror}); "
-                                     "is another service running?") from None
         if cfg.http_port is not None:
             self.http = HttpServer(self, cfg.host, cfg.http_port, cfg.api_key)
         self.scheduler.start()

@@ -216,7 +216,8 @@ class VoiceLibrary:
             return None
 
     def available(self) -> dict[str, str]:
-        """Voices that can be had without the network: name -> where from."""
+        """Voices that can be had without the network: name -> the kind of source that wins for it
+        (``embedded``, ``hub``, ``shipped`` or ``directory``); a kind, so no server path is shown."""
         found: dict[str, str] = {name: "embedded" for name in self.embedded()}
         try:
             from huggingface_hub import scan_cache_dir
@@ -225,12 +226,13 @@ class VoiceLibrary:
                     for revision in repo.revisions:
                         for file in revision.files:
                             if file.file_name.endswith(".pt") and "voices" in file.file_path.parts:
-                                found[file.file_path.stem] = "hub cache"
+                                found[file.file_path.stem] = "hub"
         except Exception as exc:
             log.debug("no usable Hugging Face cache: %s", exc)
         for folder in reversed(self._folders()):
             if folder.is_dir():
+                kind = "shipped" if folder == SHIPPED_VOICES_DIR else "directory"
                 for path in sorted(folder.iterdir()):
                     if path.suffix in (".pt", ".npy"):
-                        found[path.stem] = str(folder)
+                        found[path.stem] = kind
         return dict(sorted(found.items()))

@@ -41,9 +41,17 @@ def g2p():
     return G2PRegistry()
 
 
+def worker_routing() -> Routing:
+    """The routing of this test worker's services. Workers (pytest-xdist) run side by side and speak the same
+    numbered calls (4101, 7001...): each gets processor and announce ports of its own, 7500 apart (more than
+    any two of those ids), all below the ephemeral range, where a free port minus the base is a call id."""
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")) % 4
+    return Routing(processor_base_port=9002 + 7500 * worker, announce_base_port=13000 + 7500 * worker)
+
+
 @contextmanager
 def running_service(engine, g2p, **overrides):
-    routing = overrides.pop("routing", Routing())
+    routing = overrides.pop("routing", None) or worker_routing()
     # one engine worker unless a test asks for more: every service here shares the session's one model
     config = replace(ServiceConfig(host="127.0.0.1", tcp_port=0, udp_port=0, device="cpu", engine_workers=1,
                                    voices_dir=str(VOICES_DIR), routing=routing), **overrides)

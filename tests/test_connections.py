@@ -16,6 +16,8 @@ import pytest
 from conftest import ROOT, VOICES_DIR
 from peers import LlamaClient, checked_audio, free_port, reply_frames
 
+pytestmark = pytest.mark.slow  # ./run-tests.sh --quick leaves these out
+
 IDLE_CONNECTIONS = 10_000
 START_TIMEOUT_S = 120.0
 
@@ -28,7 +30,8 @@ class ServiceProcess:
         self.port = free_port()
         self.proc = subprocess.Popen(
             [sys.executable, str(ROOT / "kokoro_service.py"), "--engine", "onnx", "--device", "cpu",
-             "-t", str(self.port), "-u", str(free_port()), "--voices-dir", str(VOICES_DIR), "--cache-mb", "0"],
+             "-t", str(self.port), "-u", str(free_port()), "--http-port", "0", "--voices-dir", str(VOICES_DIR),
+             "--cache-mb", "0"],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self.log_path.open("w"),
             preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, nofile))
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -61,12 +64,12 @@ class ServiceProcess:
             self.proc.kill()
 
 
-def first_audio_s(address, call_id: str, text: str) -> float:
-    with LlamaClient(address, call_id) as client:
-        client.text(text)
-        frame = client.read_frame()
-        assert frame.samples.size > 0
-        return frame.received_at - client.sent_at
+def reply_cpu_s(service: "ServiceProcess", call_id: str, text: str) -> float:
+    """The service's CPU seconds for one whole reply: what idle connections would add to, whoever else
+    shares the machine (a wall-clock time would measure the neighbours too)."""
+    before = service.cpu_s()
+    checked_audio(reply_frames(service.address, call_id, text))
+    return service.cpu_s() - before
 
 
 def hello_only(address, call_id: str) -> socket.socket:
@@ -85,7 +88,7 @@ def test_ten_thousand_idle_llama_connections_cost_little(tmp_path):
     idle: list[socket.socket] = []
     try:
         assert f"open-file limit raised from 1024 to {hard}" in service.log
-        alone = [first_audio_s(service.address, f"alone-{n}", "Thanks for waiting, I am here.") for n in range(2)]
+        alone = [reply_cpu_s(service, f"alone-{n}", "Thanks for waiting, I am here.") for n in range(2)]
         rss_before = service.status("VmRSS")
         for n in range(IDLE_CONNECTIONS):
             idle.append(hello_only(service.address, f"idle-{n}"))
@@ -98,13 +101,13 @@ def test_ten_thousand_idle_llama_connections_cost_little(tmp_path):
         time.sleep(5.0)
         idle_cpu = service.cpu_s() - cpu_before
         rss_after = service.status("VmRSS")
-        beside = [first_audio_s(service.address, f"beside-{n}", "Thanks for waiting, I am here.") for n in range(2)]
+        beside = [reply_cpu_s(service, f"beside-{n}", "Thanks for waiting, I am here.") for n in range(2)]
         per_connection_kib = (rss_after - rss_before) / IDLE_CONNECTIONS
         print(f"\n{IDLE_CONNECTIONS} idle connections: RSS {rss_before / 1024:.0f} -> {rss_after / 1024:.0f} MiB "
-              f"({per_connection_kib:.1f} KiB each); CPU while idle {idle_cpu:.3f} s in 5 s; first audio "
+              f"({per_connection_kib:.1f} KiB each); CPU while idle {idle_cpu:.3f} s in 5 s; CPU per reply "
               f"{min(alone):.3f} s alone, {min(beside):.3f} s beside them ({min(beside) / min(alone):.2f}x)")
         assert idle_cpu < 0.25, f"{idle_cpu:.2f} CPU seconds in 5 s with nothing to do"
-        assert min(beside) <= 1.5 * min(alone)
+        assert min(beside) <= 1.5 * min(alone) + 0.05  # 0.05 s: the clock's 10 ms ticks, twice over
         assert per_connection_kib < 100
         assert "Traceback" not in service.log
     finally:

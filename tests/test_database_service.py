@@ -123,6 +123,7 @@ def test_failed_start_leaves_status_error(tmp_path):
     assert ConfigDB(db_path).get_kokoro_service_status() == "error"
 
 
+@pytest.mark.slow
 def test_force_starts_a_disabled_service_and_reports_running(daemon):
     assert daemon.proc.poll() is None, daemon.log[-3000:]
     assert daemon.statuses[-2:] == ["starting", "running"], daemon.statuses
@@ -131,6 +132,7 @@ def test_force_starts_a_disabled_service_and_reports_running(daemon):
 
 
 # 10 ------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_voice_change_in_the_database_is_heard_on_the_next_reply(daemon, engine, g2p):
     text = "Thank you for holding."
     sky = checked_audio(reply_frames(daemon.address, "voice-1", text))
@@ -169,6 +171,7 @@ def test_voice_change_in_the_database_is_heard_on_the_next_reply(daemon, engine,
     assert daemon.proc.poll() is None
 
 
+@pytest.mark.slow
 def test_the_operator_page_changes_the_voice_through_the_database(daemon):
     """The page writes system_config; the service hears of it from its watcher, like any other change there."""
     mark = len(daemon.log)
@@ -202,6 +205,7 @@ while True:
 """
 
 
+@pytest.mark.slow
 def test_another_process_writing_the_database_in_a_tight_loop(daemon):
     mark = len(daemon.log)
     writer = subprocess.Popen([sys.executable, "-c", WRITER, str(daemon.db_path)], stderr=subprocess.PIPE)
@@ -227,6 +231,7 @@ def test_another_process_writing_the_database_in_a_tight_loop(daemon):
 
 
 # issue 10: faults after start cost an ERROR line, never the running service ----------------------
+@pytest.mark.slow
 def test_metrics_port_taken_and_database_locked_after_start(tmp_path):
     """Another socket holds the metrics port, and another connection holds the database in an
     EXCLUSIVE transaction when the service writes 'running' (its busy timeout, 5 s, runs out):
@@ -260,6 +265,7 @@ def test_metrics_port_taken_and_database_locked_after_start(tmp_path):
 
 
 # 12 ------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_operator_commands(tmp_path):
     db = str(tmp_path / "system.db")
     status = cli("db", "status", "--db", db)
@@ -286,6 +292,7 @@ def test_operator_commands(tmp_path):
 
 
 # 9, last: it stops the module's daemon ----------------------------------------------------------
+@pytest.mark.slow
 def test_sigterm_stops_cleanly_with_status_stopped(daemon):
     assert daemon.proc.poll() is None
     assert ConfigDB(daemon.db_path).get_kokoro_service_status() == "running"

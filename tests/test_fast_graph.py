@@ -1,7 +1,7 @@
 """The fast CPU graph: converted from the real int8 export, checked, cached, and run by the service.
 
-The graph is converted once per session into the real model cache (start-kokoro.sh --setup-only
-has normally done it already); tests that break a cache work on a copy in a temporary folder.
+The graph is converted once into the real model cache, by the first test that needs it (the other
+test workers wait for it); tests that break a cache work on a copy in a temporary folder.
 A frame is the model's 600-sample (25 ms) duration step: fast_graph.FRAME_SAMPLES.
 """
 from __future__ import annotations
@@ -71,6 +71,7 @@ def test_int8_matmul_and_lstm_nodes_are_untouched(models):
     assert ops(fast).count("MatMulInteger") == 148 and ops(fast).count("DynamicQuantizeLSTM") == 6
 
 
+@pytest.mark.slow
 def test_fast_graph_speaks_like_the_int8_graph(both_engines, g2p):
     int8, fast = both_engines
     voice = VoiceLibrary(VOICES_DIR).load("af_sky")
@@ -82,6 +83,7 @@ def test_fast_graph_speaks_like_the_int8_graph(both_engines, g2p):
     assert check["voiced_frames"] > 40
 
 
+@pytest.mark.slow
 def test_check_refuses_audio_played_two_percent_faster(both_engines, g2p):
     voice = VoiceLibrary(VOICES_DIR).load("af_sky")
     reference = both_engines[0].synthesize(g2p.get(voice.lang)(PHRASE), voice.pack)
@@ -178,6 +180,7 @@ def stale(target):
     record_path.write_text(json.dumps(record))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage, problem", [(corrupt, "corrupt"), (stale, "another converter version")])
 def test_a_corrupt_or_stale_cache_is_rebuilt(cache_copy, damage, problem, caplog):
     sound = fast_graph.sha256_file(cache_copy)
@@ -190,6 +193,7 @@ def test_a_corrupt_or_stale_cache_is_rebuilt(cache_copy, damage, problem, caplog
     assert not list(cache_copy.parent.glob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_the_option_reaches_the_ready_line(fast_path, g2p, monkeypatch, caplog):
     monkeypatch.setenv("KOKORO_ONNX_GRAPH", "fast")
     config = config_from_args(build_parser().parse_args([]), None)
@@ -201,6 +205,7 @@ def test_the_option_reaches_the_ready_line(fast_path, g2p, monkeypatch, caplog):
     assert "engine onnx (fast graph) on cpu" in caplog.text
 
 
+@pytest.mark.slow
 def test_a_given_model_file_is_used_as_is():
     engine = create_engine("onnx", model=str(embedded_model_path()), onnx_graph="fast")
     assert engine.model_path == embedded_model_path() and engine.label == f"onnx ({EMBEDDED_NAME})"

@@ -26,6 +26,7 @@ def numbered_call(service) -> int:
     return free_port() - service.config.routing.processor_base_port
 
 
+@pytest.mark.slow
 def test_a_register_flood_costs_no_threads_and_no_calls(service, caplog):
     threads = threading.active_count()
     refused = counter("kokoro_protocol_errors_total", kind="register_refused")
@@ -40,6 +41,7 @@ def test_a_register_flood_costs_no_threads_and_no_calls(service, caplog):
     checked_audio(reply_frames(service.tcp_address, "after-flood", "Still here."))
 
 
+@pytest.mark.slow
 def test_datagrams_from_addresses_not_allowed_are_ignored(make_service, caplog):
     guarded = make_service(allow_from=("10.9.8.0/24",))
     with LlamaPeer(guarded.tcp_address) as llama:
@@ -50,17 +52,19 @@ def test_datagrams_from_addresses_not_allowed_are_ignored(make_service, caplog):
         assert guarded.registry.get("guarded-1") is not None
 
 
+@pytest.mark.slow
 def test_a_taken_udp_port_refuses_to_start(tmp_path):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
         taken.bind(("127.0.0.1", 0))
         port = taken.getsockname()[1]
         proc = subprocess.run([sys.executable, str(ROOT / "kokoro_service.py"), "--engine", "onnx", "--device", "cpu",
-                               "-t", str(free_port()), "-u", str(port), "--voices-dir", str(VOICES_DIR)],
+                               "-t", str(free_port()), "-u", str(port), "--http-port", "0", "--voices-dir", str(VOICES_DIR)],
                               capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 1
     assert f"UDP port 127.0.0.1:{port} for REGISTER/BYE is not free" in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_processor_absent_for_one_connect_window_is_tried_again_on_its_next_register(make_service, caplog):
     caplog.set_level(logging.INFO, logger="kokoro_daemon")
     service = make_service(routing=Routing(mode="processor-only", link="dial-out"))
@@ -79,6 +83,7 @@ def test_a_processor_absent_for_one_connect_window_is_tried_again_on_its_next_re
             assert processor.errors == []
 
 
+@pytest.mark.slow
 def test_a_stalled_processor_is_given_up_with_a_log_line(make_service, caplog):
     service = make_service(routing=Routing(max_lead_s=30.0))  # send far ahead, to fill the socket sooner
     call_id = numbered_call(service)
@@ -103,6 +108,7 @@ def test_a_stalled_processor_is_given_up_with_a_log_line(make_service, caplog):
     listener.close()
 
 
+@pytest.mark.slow
 def test_text_accepted_for_a_linked_call_is_spoken_after_llama_goes(service):
     text = "Your order has shipped. It will arrive on Friday. Thank you for your patience."
     call_id = numbered_call(service)
@@ -132,6 +138,7 @@ def test_a_piper_era_processor_whose_register_was_lost_is_found_at_its_port_afte
     assert wait_for(lambda: service.registry.get(str(call_id)) is None, 10)
 
 
+@pytest.mark.slow
 def test_a_register_racing_a_disconnect_leaves_no_thread_behind(service):
     threads = threading.active_count()
     for n in range(30):
@@ -143,6 +150,7 @@ def test_a_register_racing_a_disconnect_leaves_no_thread_behind(service):
     assert wait_for(lambda: threading.active_count() <= threads + 1, 15), threading.enumerate()
 
 
+@pytest.mark.slow
 def test_drops_are_counted_with_their_reason_and_logged_once_per_call(service, caplog):
     caplog.set_level(logging.INFO, logger="kokoro_daemon")
     cancelled = counter("kokoro_segments_cancelled_total")

@@ -16,9 +16,12 @@ import socket
 import struct
 import time
 
+import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from peers import LlamaClient, ProcessorPeer, checked_audio, free_port, reply_frames, send_datagram
+
+pytestmark = pytest.mark.slow  # ./run-tests.sh --quick leaves these out
 
 FRAMES_WANTED = 10_000
 FUZZ_ROUND = 100  # examples between two normal calls
@@ -51,8 +54,9 @@ texts = st.tuples(st.integers(0, 39), st.text(alphabet=UNSPEAKABLE, max_size=20)
     lambda drawn: "Okay." if drawn[0] == 0 else drawn[1])  # one text in 40 is a word to speak
 noise = st.binary(max_size=48).map(lambda data: bytes(NOISE[b % len(NOISE)] for b in data))
 
+# After the HELLO a call-id-shaped frame is only text, and spoken: numbers and names would make this a test
+# of the engine's speed. Texts keep speech to one in 40.
 valid_frames = st.one_of(
-    call_ids.map(lambda call_id: framed(call_id.encode())),
     texts.map(lambda text: framed(text.encode())),
     st.just(BYE),
 )
@@ -154,7 +158,6 @@ datagrams = st.one_of(
     st.tuples(st.sampled_from([b"REGISTER:", b"BYE:", b""]), st.integers(1025, 65000), st.randoms()).map(
         lambda drawn: drawn[0] + drawn[2].randbytes(drawn[1])),  # oversize
 )
-
 
 def test_udp_fuzz(service, caplog, capfd):
     named: set[str] = set()

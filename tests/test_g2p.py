@@ -46,6 +46,7 @@ def in_thread(target, *args) -> tuple[threading.Thread, dict]:
     return thread, result
 
 
+@pytest.mark.slow
 def test_english_is_phonemized_while_another_language_is_being_built(monkeypatch):
     registry = G2PRegistry()
     text = "Your order has shipped today."

@@ -95,6 +95,7 @@ def test_every_format_decodes_to_the_speech_and_is_heard(client, tmp_path):
     assert all(row["wer"] <= 0.05 for row in heard["files"]), heard
 
 
+@pytest.mark.slow
 def test_first_audio_streams_before_the_whole_input_is_synthesized(client):
     """STREAMED in am_adam is spoken here first, so no segment comes from the cache."""
     started = time.monotonic()
@@ -110,6 +111,7 @@ def test_first_audio_streams_before_the_whole_input_is_synthesized(client):
     assert sum(size for _, size in arrivals) / 2 / 24000 > 8.0   # all four sentences came
 
 
+@pytest.mark.slow
 def test_a_client_that_goes_away_costs_no_more_engine_time(http_service, client, caplog):
     caplog.set_level(logging.INFO, logger="kokoro_daemon.http_api")
     cancelled = metrics.SEGMENTS_CANCELLED._value.get()  # noqa: SLF001
@@ -125,6 +127,7 @@ def test_a_client_that_goes_away_costs_no_more_engine_time(http_service, client,
     assert decode("wav", after.content)[0].size > 12000
 
 
+@pytest.mark.slow
 def test_a_call_and_a_request_each_speak_in_their_own_voice(http_service, client):
     call_text, request_text = "Your order has shipped and will arrive on Friday.", "The gate code is on the way."
     results = {}
@@ -159,6 +162,7 @@ def test_a_call_and_a_request_each_speak_in_their_own_voice(http_service, client
     ({"speed": 0.25}, 400, "speed", "invalid_value"),
     ({"model": "whisper-1"}, 404, None, "model_not_found"),
 ])
+@pytest.mark.slow
 def test_bad_requests_get_openai_errors(client, arguments, status, param, code):
     request = {"model": "kokoro", "voice": "af_sky", "input": "Hello.", **arguments}
     with pytest.raises(openai.APIStatusError) as info:
@@ -181,11 +185,13 @@ def test_malformed_bodies_get_openai_errors(http_service, body, param):
     assert set(error) == ERROR_KEYS and error["param"] == param, error
 
 
+@pytest.mark.slow
 def test_unknown_routes_get_openai_errors(http_service):
     status, body = get(http_service, "/v1/audio/transcriptions")
     assert status == 404 and json.loads(body)["error"]["code"] == "unknown_url"
 
 
+@pytest.mark.slow
 def test_models_voices_health_and_metrics(http_service, client):
     assert {"kokoro", "tts-1"} <= {model.id for model in client.models.list()}
     status, body = get(http_service, "/v1/audio/voices")
@@ -193,6 +199,9 @@ def test_models_voices_health_and_metrics(http_service, client):
     assert status == 200
     assert voices["af_sky"]["language"] == "American English" and voices["bm_george"]["language"] == "British English"
     assert voices["am_adam"]["gender"] == "male"
+    # the kind of source, never a path on the server: the service's voices folder holds every English pack
+    assert voices["af_sky"]["source"] == "directory"
+    assert {voice["source"] for voice in voices.values()} <= {"shipped", "directory", "hub", "embedded"}
     status, body = get(http_service, "/health")
     health = json.loads(body)
     assert status == 200 and health["ready"] is True
@@ -201,6 +210,7 @@ def test_models_voices_health_and_metrics(http_service, client):
     assert status == 200 and b"kokoro_http_speech_total" in body and b"kokoro_frames_sent_total" in body
 
 
+@pytest.mark.slow
 def test_api_key_guards_every_route_but_health(engine, g2p):
     with running_service(engine, g2p, http_port=0, api_key="s3cret") as service:
         assert get(service, "/health")[0] == 200

@@ -15,6 +15,8 @@ from kokoro_daemon.calls import Routing
 from kokoro_daemon.segmenter import split_text
 from peers import LlamaClient, LlamaPeer, PiperProcessor, free_port, reply_frames, send_datagram
 
+pytestmark = pytest.mark.slow  # ./run-tests.sh --quick leaves these out
+
 WAIT_S = 120.0  # generous: the engine shares two cores with everything else
 
 
@@ -264,9 +266,13 @@ def test_a_stalled_reader_never_delays_another_call(make_service):
         call = wait_call(busy, "stalled-A")
         assert wait_for(lambda: socket_full(call) and quiet_engine(), WAIT_S)
         waiting_before = busy.scheduler.pending_chars(call)
+        synthesized = counter("kokoro_segments_synthesized_total")
         loaded = ttfa("ttfa-3", "Please pause while I read your notes.")
-        assert waiting_before > 0 and busy.scheduler.pending_chars(call) > 0, "the stalled call's text was all spoken"
+        made_before_its_audio = counter("kokoro_segments_synthesized_total") - synthesized
+    assert waiting_before > 0, "the stalled call's text was all spoken"
     base = statistics.median(unloaded)
     print(f"\nTTFA unloaded {', '.join(f'{t:.3f}' for t in unloaded)} s (median {base:.3f}); "
           f"beside a stalled reader with {waiting_before} characters waiting {loaded:.3f} s ({loaded / base:.2f}x)")
-    assert loaded <= 1.5 * base
+    # it cost the other call nothing: the engine's next unit of work was the new call's (how long that took
+    # depends on the CPU, so the times are only printed)
+    assert made_before_its_audio == 1

@@ -8,6 +8,8 @@ import pytest
 from conftest import PHRASES, judge, write_wav
 from peers import checked_audio, reply_frames
 
+pytestmark = pytest.mark.slow  # ./run-tests.sh --quick leaves these out
+
 # Whisper writes the spoken "ten fifteen A M" as "10.15 AM" or, as tiny differences in the
 # audio tip it, "10.15am"; the judge's normalizer only unifies the spaced form with
 # "10:15 AM", so for that line the test checks the time was heard rather than the WER.
@@ -20,9 +22,9 @@ def test_phone_agent_phrases_are_intelligible(service, tmp_path):
     for n, text in enumerate(PHRASES):
         audio = checked_audio(reply_frames(service.tcp_address, f"judge-{n}", text))
         items.append((write_wav(tmp_path / f"phrase{n:02d}.wav", audio, 24000), text))
-    first_five = judge(tmp_path, items[:5])
+    # one judge run: the bound on every phrase together (about 3 wrong words in 200) holds the first five
+    # (about 50 words) under 0.08 as well, so they need no run of their own
     everything = judge(tmp_path, items)
-    assert first_five["overall_wer"] <= 0.08, first_five
     assert everything["overall_wer"] <= 0.015, everything
     for row in everything["files"]:
         if CLOCK_LINE in row["reference"]:

@@ -95,6 +95,7 @@ def known(engine, phonemes: str) -> str:
     return "".join(ch for ch in phonemes if ch in engine.vocab)
 
 
+@pytest.mark.slow
 def test_the_engine_runs_kmodel_with_our_weights(small_model):
     from kokoro import KModel
     weights, _, config, engine = small_model
@@ -109,6 +110,7 @@ def test_the_engine_runs_kmodel_with_our_weights(small_model):
     assert (engine.model.predictor.duration_proj.linear_layer.bias == DURATION_BIAS).all()
 
 
+@pytest.mark.slow
 def test_short_sentence_gives_deterministic_float32_audio(small_model, pack, g2p):
     _, _, config, engine = small_model
     phonemes = g2p.get("a")("Hello there, this is a test.")
@@ -126,6 +128,7 @@ def test_short_sentence_gives_deterministic_float32_audio(small_model, pack, g2p
     np.testing.assert_array_equal(first, second)
 
 
+@pytest.mark.slow
 def test_phonemes_beyond_the_context_are_split(small_model, pack, g2p):
     _, _, config, engine = small_model
     sentence = g2p.get("a")("Thank you for your patience, we will be right with you.")
@@ -180,6 +183,7 @@ def test_one_window_is_kmodels_own_audio(small_model, pack, g2p):
     np.testing.assert_array_equal(audio, output.audio.numpy())
 
 
+@pytest.mark.slow
 def test_prepare_cuts_kmodels_own_features_to_the_speech(small_model, pack, g2p):
     """Slow speech has boundary silence to cut: the prepared features are exactly KModel's, and the spoken
     span marks what is cut.
@@ -213,6 +217,7 @@ def test_prepare_cuts_kmodels_own_features_to_the_speech(small_model, pack, g2p)
     assert np.corrcoef(audio, output.audio.numpy()[start * fs: stop * fs])[0, 1] > 0.95
 
 
+@pytest.mark.slow
 def test_windows_match_the_whole_utterance(small_model, pack, g2p):
     """Windows of a prepared sentence against the same sentence rendered as one window.
 
@@ -252,6 +257,7 @@ def test_windows_match_the_whole_utterance(small_model, pack, g2p):
     assert np.abs(np.diff(audio))[near_seam[1:]].max() < 1.25 * np.abs(np.diff(whole)).max()
 
 
+@pytest.mark.slow
 def test_a_decoder_of_another_structure_runs_whole(small_model, pack, g2p, caplog):
     """A generator kokoro did not build cannot be cut: the engine says so and speaks through KPipeline.infer."""
     _, _, _, engine = small_model
@@ -282,6 +288,7 @@ def test_a_decoder_of_another_structure_runs_whole(small_model, pack, g2p, caplo
     assert engine.streams
 
 
+@pytest.mark.slow
 def test_service_on_the_kokoro_engine(small_model, g2p):
     _, _, _, engine = small_model
     config = ServiceConfig(voice="af_sky", host="127.0.0.1", tcp_port=0, udp_port=0, device="cpu",
@@ -301,6 +308,7 @@ def test_service_on_the_kokoro_engine(small_model, g2p):
         assert frame.rate == 24000 and frame.samples.size > 0 and np.isfinite(frame.samples).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["kokoro", "auto"])
 def test_create_engine_picks_the_torch_engine_for_local_weights(small_model, kind, caplog):
     weights, config_path, config, _ = small_model

@@ -30,6 +30,7 @@ def rms(audio: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lang, voice_name, code, text", ESPEAK_CASES, ids=[c[0] for c in ESPEAK_CASES])
 def test_espeak_language_speaks_through_the_service(service, g2p, lang, voice_name, code, text):
     phonemizer = g2p.get(lang)
@@ -58,6 +59,7 @@ def test_cjk_without_misaki_extras_names_the_package(lang):
     assert package in str(info.value)
 
 
+@pytest.mark.slow
 def test_british_voice_uses_the_british_phonemizer(service, engine, g2p):
     text = "I can't find the schedule for tomorrow."
     british, american = g2p.get("b"), g2p.get("a")

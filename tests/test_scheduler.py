@@ -274,6 +274,7 @@ LONG_REPLY = ("I can certainly help you with rescheduling that appointment today
               "Finally I will send you a confirmation message with all of the details.")
 
 
+@pytest.mark.slow
 def test_processor_bye_frees_the_engine_for_another_call(service, engine, g2p):
     """After BYE:N the engine stops on N's reply; another call's audio comes before N's rest would have finished."""
     voice, speed = service.voice_setting.get()
@@ -313,6 +314,7 @@ def test_disconnect_cancels_the_calls_queued_work(service):
     assert metrics.SEGMENTS_CANCELLED._value.get() > before  # noqa: SLF001
 
 
+@pytest.mark.slow
 def test_cache_returns_identical_samples(service):
     text = "Thank you for calling Acme Dental."
     hits = metrics.CACHE_HITS._value.get()  # noqa: SLF001

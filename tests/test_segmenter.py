@@ -307,6 +307,7 @@ def test_any_chunking_keeps_every_character(text, kwargs, data):
 # the figures themselves come from bench/segmenter.py.
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_ten_mib_unpunctuated_chunk_is_cut_without_rescanning():
     text = ("alpha " * 1_800_000)[: 10 * 1024 * 1024]
@@ -367,6 +368,7 @@ dense_texts = st.one_of(st.lists(st.sampled_from(PIECES), max_size=12).map("".jo
 small_options = st.fixed_dictionaries({"first_clause_min_chars": st.integers(0, 25), "max_chars": st.integers(1, 20)})
 
 
+@pytest.mark.slow
 @settings(max_examples=2000, deadline=None)
 @given(st.one_of(st.tuples(texts, options), st.tuples(dense_texts, small_options)), st.data())
 def test_incremental_segmenting_matches_brute_force(case, data):
@@ -483,5 +485,6 @@ def test_first_words_streaming_matches_whole_text(text, kwargs, data):
 @given(st.one_of(st.tuples(words_texts, words_options),
                  st.tuples(dense_texts, st.fixed_dictionaries({"first_words": st.integers(1, 4),
                                                                "max_chars": st.integers(1, 20)}))), st.data())
+@pytest.mark.slow
 def test_first_words_incremental_matches_brute_force(case, data):
     test_incremental_segmenting_matches_brute_force.hypothesis.inner_test(case, data)

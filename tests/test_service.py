@@ -48,6 +48,7 @@ def test_bye_after_text_delivers_its_audio_then_bye(service, engine, g2p):
     assert 1.5 < audio.size / 24000 < 8
 
 
+@pytest.mark.slow
 def test_every_seed_voice_speaks(service):
     before = {}
     for voice in SEED_VOICES:
@@ -91,6 +92,7 @@ def two_calls_at_once(service) -> None:
     assert a.size != b.size
 
 
+@pytest.mark.slow
 def test_two_calls_at_once(service):
     two_calls_at_once(service)
 
@@ -104,6 +106,7 @@ def test_piper_load_test_style_call(service):
         assert frame.chunk_id == 1 and frame.rate == 24000 and frame.samples.size > 0
 
 
+@pytest.mark.slow
 def test_long_lived_connection_keeps_working(service):
     with LlamaClient(service.tcp_address, "4105") as client:
         client.text("First reply.")
@@ -133,6 +136,7 @@ def test_bad_hello_is_refused(service, caplog, raw, log_text):
     _assert_served_after(service)
 
 
+@pytest.mark.slow
 def test_oversized_text_is_skipped_and_the_connection_goes_on(service, engine, g2p, caplog):
     """LLaMA may write to its connection again at any time: closing it would kill LLaMA (SIGPIPE)."""
     with LlamaClient(service.tcp_address, "4106") as bad, LlamaClient(service.tcp_address, "4107") as good:
@@ -148,6 +152,7 @@ def test_oversized_text_is_skipped_and_the_connection_goes_on(service, engine, g
     assert "exceeds the 10485760-byte limit; chunk skipped" in caplog.text
 
 
+@pytest.mark.slow
 def test_text_bye_ends_the_call_like_the_marker(service, engine, g2p):
     """The Piper service read a chunk that is exactly 'BYE' as BYE; so does this one."""
     with LlamaClient(service.tcp_address, "piper-bye") as client:
@@ -158,6 +163,7 @@ def test_text_bye_ends_the_call_like_the_marker(service, engine, g2p):
     np.testing.assert_array_equal(checked_audio(frames), expected_audio(service, engine, g2p, "Goodbye for now."))
 
 
+@pytest.mark.slow
 def test_a_peer_that_sends_no_hello_is_closed(make_service, caplog):
     quick = make_service(hello_timeout_s=0.5)
     with LlamaClient(quick.tcp_address) as silent:
@@ -166,6 +172,7 @@ def test_a_peer_that_sends_no_hello_is_closed(make_service, caplog):
     checked_audio(reply_frames(quick.tcp_address, "after-silence", "Still here."))
 
 
+@pytest.mark.slow
 def test_invalid_utf8_text_costs_only_that_chunk(service, engine, g2p, caplog):
     with LlamaClient(service.tcp_address, "4108") as client:
         client.send_raw(struct.pack(">I", 4) + b"ok\xc3\x28")
@@ -197,6 +204,7 @@ def test_garbage_datagrams_are_ignored(service, caplog, datagram):
     _assert_served_after(service)
 
 
+@pytest.mark.slow
 def test_text_streamed_in_pieces_is_joined_into_sentences(service, engine, g2p):
     """LLaMA may send a reply in pieces cut anywhere; the caller still hears whole sentences."""
     with LlamaClient(service.tcp_address, "4110") as client:
@@ -211,6 +219,7 @@ def test_text_streamed_in_pieces_is_joined_into_sentences(service, engine, g2p):
     assert audio.size / 24000 > 2.0
 
 
+@pytest.mark.slow
 def test_trailing_text_without_punctuation_is_spoken_after_a_pause(service, engine, g2p):
     """The real LLaMA never sends BYE: a reply without final punctuation must not wait forever."""
     expected = expected_audio(service, engine, g2p, "Sure, one moment please")
@@ -222,6 +231,7 @@ def test_trailing_text_without_punctuation_is_spoken_after_a_pause(service, engi
     np.testing.assert_array_equal(checked_audio(frames), expected)
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.binary(min_size=1, max_size=48), st.booleans())
 def test_random_bytes_never_take_the_service_down(service, data, after_hello):
@@ -230,6 +240,7 @@ def test_random_bytes_never_take_the_service_down(service, data, after_hello):
     checked_audio(reply_frames(service.tcp_address, "4113", "Still fine."))
 
 
+@pytest.mark.slow
 def test_two_engine_workers_speak_two_calls_at_once(make_service):
     """The default on CPU: a second ONNX session beside the first, each call's frames still in order."""
     doubled = make_service(engine_workers=2, cache_mb=0)

@@ -28,7 +28,7 @@ def test_the_shipped_voices_are_found_without_a_voices_folder():
     library = VoiceLibrary()
     available = library.available()
     for name in SHIPPED:
-        assert available[name] == str(SHIPPED_VOICES_DIR)
+        assert available[name] == "shipped"
         np.testing.assert_array_equal(library.load(name).pack, load_pack_file(SHIPPED_VOICES_DIR / f"{name}.pt"))
 
 
@@ -37,7 +37,7 @@ def test_a_voices_folder_overrides_a_shipped_voice(tmp_path):
     np.save(tmp_path / "af_sky.npy", bella)
     library = VoiceLibrary(tmp_path)
     np.testing.assert_array_equal(library.load("af_sky").pack, bella)
-    assert library.available()["af_sky"] == str(tmp_path) and library.available()["am_adam"] == str(SHIPPED_VOICES_DIR)
+    assert library.available()["af_sky"] == "directory" and library.available()["am_adam"] == "shipped"
 
 
 def http_status(url: str, key: str | None = None) -> int:
@@ -56,8 +56,10 @@ def test_a_fresh_checkout_speaks_english_in_af_sky(tmp_path):
     env.update(HF_HOME=str(tmp_path / "empty-hub-cache"), KOKORO_API_KEY="s3cret", PYTHONUNBUFFERED="1")
     log_path = tmp_path / "service.log"
     with open(log_path, "w") as log:
+        # its ports only, the smoke call's (999) processor port among them: a free one, as tests run side by side
         proc = subprocess.Popen([sys.executable, str(ROOT / "kokoro_service.py"), "-t", str(tcp_port),
-                                 "-u", str(free_port()), "--http-port", str(http_port)],
+                                 "-u", str(free_port()), "--http-port", str(http_port),
+                                 "--processor-base-port", str(free_port() - 999)],
                                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     try:
         deadline = time.monotonic() + 180

@@ -34,6 +34,7 @@ def max_step(audio: np.ndarray) -> float:
     return float(np.abs(np.diff(audio)).max())
 
 
+@pytest.mark.slow
 def test_the_cut_graph_gives_the_whole_graph_audio_bit_for_bit(engine, g2p, sky):
     phonemes = g2p.get("a")("Thank you for calling, how can I help you?")
     inputs = engine._inputs(phonemes, sky.pack, 1.0)  # noqa: SLF001
@@ -53,6 +54,7 @@ def test_the_cut_tensors_are_found_by_structure_in_both_embedded_graphs():
     assert cuts[0] == cuts[1]   # the fast graph rewrites convolutions, not the cut points
 
 
+@pytest.mark.slow
 def test_a_model_that_cannot_be_cut_runs_whole_and_says_why(tmp_path, g2p, sky, caplog):
     model = onnx.load(str(embedded_model_path()))
     speed = next(i for i in model.graph.input if i.name == "speed")
@@ -94,6 +96,7 @@ def test_window_plans_cover_every_frame_once_with_a_small_first_window():
     assert WHOLE.spans(5000) == [(0, 5000)]
 
 
+@pytest.mark.slow
 def test_windows_are_as_long_as_the_whole_sentence_and_their_seams_are_no_sharper(engine, g2p, sky):
     phonemes = g2p.get("a")(LONG)
     whole = engine.synthesize(phonemes, sky.pack)
@@ -137,6 +140,7 @@ def test_a_sentence_resampled_in_pieces_is_resampled_as_if_whole():
     assert resample(audio, 24000, last=True).size == whole.size     # a new stream after the last piece
 
 
+@pytest.mark.slow
 def test_a_new_reply_is_spoken_before_the_rest_of_another_calls_long_sentence(make_service, caplog):
     """One engine worker: the second call's first window goes ahead of the first call's remaining windows,
     where whole-sentence synthesis would make it wait for all of the first call's sentence."""

@@ -1,6 +1,8 @@
 """Recent first-audio times and engine load, and the registry's view of live calls."""
 from __future__ import annotations
 
+import pytest
+
 from kokoro_daemon.telemetry import KEEP_S, Telemetry
 from conftest import wait_for
 from peers import LlamaClient
@@ -31,6 +33,7 @@ def test_events_older_than_the_keep_window_are_forgotten():
     assert [v for v in telemetry.history(window_s=10 * KEEP_S)["first_audio_max"] if v is not None] == [0.5]
 
 
+@pytest.mark.slow
 def test_a_live_call_shows_its_link_state_and_first_audio(service):
     with LlamaClient(service.tcp_address, "6101") as call:
         call.text("One moment please. I am looking that up.")
@@ -48,6 +51,7 @@ def test_a_live_call_shows_its_link_state_and_first_audio(service):
     assert any(v is not None for v in service.telemetry.history()["first_audio_max"])
 
 
+@pytest.mark.slow
 def test_each_reply_on_a_kept_connection_is_timed(service):
     """The LLaMA client keeps its connection and sends each reply whole, never BYE."""
     with LlamaClient(service.tcp_address, "6102") as call:

@@ -104,6 +104,7 @@ def test_weighted_blend_is_the_weighted_mean_of_its_packs():
     assert library.load("bf_emma+am_adam").lang == "b"  # the first name's prefix decides the language
 
 
+@pytest.mark.slow
 def test_blend_speaks_differently_from_both_parents_and_deterministically(service, engine, g2p):
     text = "Good morning to you."
     with speaking_with(service, "af_sky"):
@@ -126,6 +127,7 @@ def test_blend_speaks_differently_from_both_parents_and_deterministically(servic
 # --- custom voice pack files -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_custom_npy_and_pt_packs_load_and_speak(service, tmp_path):
     bella, sarah = official("af_bella"), official("af_sarah")
     npy = tmp_path / "custom_flat.npy"
@@ -191,12 +193,14 @@ def test_strict_voice_command_line_exits_with_the_reason(tmp_path):
     path, problem = _bad_files(tmp_path)["NaN"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("KOKORO_")}
     proc = subprocess.run([sys.executable, str(ROOT / "kokoro_service.py"), "--strict-voice", "-v", str(path),
-                           "--engine", "onnx", "--device", "cpu", "-t", str(free_port()), "-u", str(free_port())],
+                           "--engine", "onnx", "--device", "cpu", "-t", str(free_port()), "-u", str(free_port()),
+                           "--http-port", "0"],
                           capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
     assert proc.returncode != 0
     assert "failed to start" in proc.stderr and str(path) in proc.stderr and problem in proc.stderr, proc.stderr
 
 
+@pytest.mark.slow
 def test_missing_voice_falls_back_to_an_embedded_one_with_a_warning(make_service, caplog):
     caplog.set_level(logging.WARNING, logger="kokoro_daemon.voices")
     embedded = VoiceLibrary().embedded()
@@ -214,6 +218,7 @@ def test_missing_voice_falls_back_to_an_embedded_one_with_a_warning(make_service
 # --- run-time changes --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_bad_voice_at_run_time_keeps_the_current_one_and_the_call_going(service, engine, g2p, tmp_path):
     bad_file, _ = _bad_files(tmp_path)["all zeros"]
     before = service.voice_setting.get()
@@ -248,6 +253,7 @@ def test_voice_without_its_phonemizer_is_refused_at_run_time(service, g2p):
 # --- speed -------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_faster_speed_gives_proportionally_shorter_audio(service, make_service):
     text = "Please hold while I transfer your call."
     before = service.voice_setting.get()[1]

@@ -13,11 +13,12 @@ The graph is built once from the assembled int8 model, checked (onnx checker; a 
 whose audio length and pitch track must match the int8 graph's) and cached beside it under a
 name carrying the int8 model's checksum, with a sidecar holding its own checksum: a corrupt or
 stale cache is rebuilt, never used. ``python -m kokoro_daemon.engines.fast_graph`` builds it
-ahead of the first start (start-kokoro.sh runs it at set-up).
+ahead of the first start (``KOKORO_ONNX_GRAPH=fast ./start-kokoro.sh --setup-only`` runs it).
 """
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import logging
 import os
@@ -394,9 +395,13 @@ def build(source: Path, target: Path) -> dict:
     finally:
         tmp.unlink(missing_ok=True)
     for old in target.parent.glob(f"{FAST_PREFIX}*.onnx*"):
-        if old.name not in (target.name, _sidecar(target).name) and not old.name.endswith(".tmp"):
+        if old.name not in (target.name, _sidecar(target).name, _lock(target).name) and not old.name.endswith(".tmp"):
             old.unlink(missing_ok=True)
     return record
+
+
+def _lock(target: Path) -> Path:
+    return target.with_name(f"{target.name}.lock")
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -408,11 +413,16 @@ def _write_atomically(path: Path, text: str) -> None:
 def fast_model_path() -> Path:
     """The fast graph of the embedded model, converted and verified on first use, then from the cache."""
     target = cached_path()
-    problem = cache_problem(target)
-    if problem is None:
+    if cache_problem(target) is None:
         return target
-    log.info("building the fast graph at %s (%s); this takes a few seconds, once", target, problem)
-    record = build(embedded_model_path(), target)
+    # Processes starting together (instances, test workers) build it once: the others wait and use it.
+    with open(_lock(target), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        problem = cache_problem(target)
+        if problem is None:
+            return target
+        log.info("building the fast graph at %s (%s); this takes a few seconds, once", target, problem)
+        record = build(embedded_model_path(), target)
     log.info("fast graph built: %d ConvInteger replaced by float 2-D Conv; check: %s",
              record["nodes"]["conv_integer_replaced"], record["check"])
     return target

@@ -72,10 +72,14 @@ def default_vocab(config_path: str | Path | None = None) -> dict[str, int]:
 
 
 def session_options(threads: int | None = None):
-    """The service's onnxruntime settings: all graph optimisations, ``threads`` intra-op threads."""
+    """The service's onnxruntime settings: all graph optimisations, ``threads`` intra-op threads.
+
+    By default one thread per core this process may run on, not per core of the host: an instance
+    pinned to its cores (systemd's CPUAffinity, taskset) then never runs more threads than it has cores.
+    """
     import onnxruntime as ort
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or os.cpu_count() or 1
+    options.intra_op_num_threads = threads or len(os.sched_getaffinity(0)) or 1
     options.inter_op_num_threads = 1
     # The phone host also runs speech recognition and the LLM: idle threads should yield, not spin.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
