@@ -1,8 +1,9 @@
 """Service instances behind HAProxy as deploy/ lays them out, on free ports of this host.
 
-The shipped deploy/haproxy.cfg is what runs: only its ports are moved to free ones (and its log
-goes to stderr, with a stats socket to read the servers' states), so the test and the benchmark
-exercise the operator's configuration, not a copy of it.
+The shipped deploy/haproxy.cfg is what runs: only its ports are moved to free ones, with a server
+line per instance written as the shipped ones are (and its log goes to stderr, with a stats socket
+to read the servers' states), so the test and the benchmark exercise the operator's configuration,
+not a copy of it.
 """
 from __future__ import annotations
 
@@ -31,23 +32,23 @@ def shipped_servers(text: str) -> list[tuple[str, int, int]]:
 
 
 def render(text: str, llama_port: int, http_port: int, instances: list[tuple[int, int]], stats: Path) -> str:
-    """The shipped configuration with its ports moved: the frontends to ``llama_port``/``http_port``, the
-    shipped servers to ``instances`` (LLaMA, HTTP); servers beyond ``len(instances)`` are left out."""
-    servers = shipped_servers(text)
-    if len(instances) > len(servers):
-        raise BenchmarkError(f"{HAPROXY_CFG} has {len(servers)} servers, {len(instances)} instances asked for")
-    ports = {FRONTENDS["llama"]: llama_port, FRONTENDS["http"]: http_port}
-    for (_, tcp, http), (new_tcp, new_http) in zip(servers, instances):
-        ports.update({tcp: new_tcp, http: new_http})
-    gone = {name for name, _, _ in servers[len(instances):]}
-    lines = []
+    """The shipped configuration with its ports moved: the frontends to ``llama_port``/``http_port``, and in
+    each backend one server per instance (LLaMA, HTTP ports), written as the shipped ones are: ``tts1``,
+    ``tts2``... as an operator adds a line per instance."""
+    shipped = {tcp: 0 for _, tcp, _ in shipped_servers(text)} | {http: 1 for _, _, http in shipped_servers(text)}
+    frontends = {FRONTENDS["llama"]: llama_port, FRONTENDS["http"]: http_port}
+    lines: list[str] = []
     for line in text.splitlines():
         words = line.split()
-        if words[:1] == ["server"] and words[1] in gone:
+        if words[:1] == ["server"]:
+            if words[1] == "tts1":      # the first server of a backend stands for all of them
+                for n, ports in enumerate(instances, 1):
+                    lines.append(re.sub(r"(127\.0\.0\.1:|port )(\d+)", lambda m: m[1] + str(ports[shipped[int(m[2])]]),
+                                        line.replace("tts1", f"tts{n}")))
             continue
         if words[:1] == ["log"] and words[1:2] == ["/dev/log"]:
             line = "    log stderr format short local0 notice"
-        lines.append(re.sub(r"(127\.0\.0\.1:|port )(\d+)", lambda m: m[1] + str(ports.get(int(m[2]), m[2])), line))
+        lines.append(re.sub(r"(127\.0\.0\.1:)(\d+)", lambda m: m[1] + str(frontends.get(int(m[2]), m[2])), line))
         if words == ["global"]:
             lines.append(f"    stats socket {stats} level admin")
     return "\n".join(lines) + "\n"
@@ -61,7 +62,7 @@ class Balancer:
         if not Path(binary).exists():
             raise BenchmarkError("haproxy is not installed (Debian: apt-get install haproxy)")
         self.llama_port, self.http_port = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_STREAM)
-        self.stats = workdir / "haproxy.sock"
+        self.stats = (workdir / "haproxy.sock").resolve()   # a path HAProxy reads as a UNIX socket
         self.config = workdir / "haproxy.cfg"
         self.config.write_text(render(HAPROXY_CFG.read_text(), self.llama_port, self.http_port, instances,
                                       self.stats))
@@ -116,7 +117,7 @@ class Deployment:
         self.voices_dir, self.workdir, self.cpus = voices_dir, workdir, cpus
         self.extra_args, self.cache_mb, self.on_line = tuple(extra_args), cache_mb, on_line
         self.ports = [(free_port(socket.SOCK_STREAM), free_port(socket.SOCK_STREAM)) for _ in cpus]
-        self.names = [name for name, _, _ in shipped_servers(HAPROXY_CFG.read_text())][:len(cpus)]
+        self.names = [f"tts{n}" for n in range(1, len(cpus) + 1)]
         self.instances: list[ServiceProcess] = []
         self.balancer: Balancer | None = None
         self.starts = 0

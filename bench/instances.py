@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Instance layouts: one service on every core against one instance per core behind HAProxy.
+"""Instance layouts: one service on every core against several pinned instances behind HAProxy.
 
 The conversation benchmark (bench/conversation.py: whole replies from one emulated LLaMA client,
 dial-in processors playing in real time, cache off, the playout scheduler) runs against each
@@ -18,10 +18,15 @@ from benchmark import BenchmarkError, machine_info, write_results
 from conversation import LEVELS, calls_sustained, conversation_arguments, fmt, run_levels, services_under_test
 
 
-def layouts(cores: list[int]) -> dict[str, list[set[int] | None]]:
-    """Each layout: one entry per instance, the cores it is pinned to (None: not pinned)."""
-    return {f"1 instance x {len(cores)} cores": [None],
-            f"{len(cores)} instances x 1 core": [{core} for core in cores]}
+def layouts(cores: list[int], per_instance: list[int]) -> dict[str, list[set[int] | None]]:
+    """Each layout: one entry per instance, the cores it is pinned to (None: not pinned). One instance on
+    every core, then, for each k of ``per_instance``, as many instances of k cores as the cores allow."""
+    found: dict[str, list[set[int] | None]] = {f"1 instance x {len(cores)} cores": [None]}
+    for k in per_instance:
+        if 0 < k < len(cores):
+            found[f"{len(cores) // k} instances x {k} core(s)"] = [set(cores[i:i + k])
+                                                                  for i in range(0, len(cores) - k + 1, k)]
+    return found
 
 
 def print_report(report: dict) -> None:
@@ -65,13 +70,13 @@ def plot(report: dict, path) -> None:
 
 def run(args) -> int:
     cores = sorted(os.sched_getaffinity(0))
-    candidates = layouts(cores)
+    candidates = layouts(cores, args.cores_per_instance or [1])
     levels = tuple(n for n in LEVELS if n <= args.max_calls)
     args.out.mkdir(parents=True, exist_ok=True)
     machine = machine_info()
     began = time.perf_counter()
-    specs = {name: {"schedule": "playout", "log_path": args.out / f"instances-{len(cpus)}.log", "synthesis": "whole",
-                    "cpus": cpus} for name, cpus in candidates.items()}
+    specs = {name: {"schedule": "playout", "log_path": args.out / f"instances-layout{n}.log", "synthesis": "whole",
+                    "cpus": cpus} for n, (name, cpus) in enumerate(candidates.items(), 1)}
     try:
         with services_under_test(specs, args.voices_dir, sum(levels)) as services:
             startup = {name: service.wait_ready() for name, service in services.items()}
@@ -93,6 +98,8 @@ def run(args) -> int:
 
 def main() -> int:
     parser = conversation_arguments(__doc__.splitlines()[0], "instances.json, instances.png", 8)
+    parser.add_argument("--cores-per-instance", type=int, action="append",
+                        help="also try instances of this many cores each (repeatable; default 1)")
     return run(parser.parse_args())
 
 
