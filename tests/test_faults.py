@@ -175,6 +175,7 @@ def test_call_ids_with_control_characters_are_escaped_in_the_log(service, caplog
     assert "\nINFO forged line" not in caplog.text
 
 
+@pytest.mark.slow
 def test_text_beyond_a_calls_queue_bound_is_refused_with_a_log_line_and_counted(service, engine, g2p, caplog):
     refused = counter("kokoro_text_dropped_total", reason="queue_full")
     with LlamaClient(service.tcp_address, "flooding-1") as client:

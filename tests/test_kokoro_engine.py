@@ -157,12 +157,14 @@ def relative_rms(audio: np.ndarray, reference: np.ndarray) -> float:
     return float(np.sqrt(np.mean((audio - reference) ** 2) / np.mean(reference ** 2)))
 
 
+@pytest.mark.slow
 def test_the_small_model_streams(small_model):
     _, _, config, engine = small_model
     assert engine.streams
     assert engine.frame_samples == samples_per_token(config)
 
 
+@pytest.mark.slow
 def test_one_window_is_kmodels_own_audio(small_model, pack, g2p):
     """With the same seed, the sine source draws the same random numbers in prepare as inside KModel.
 

@@ -302,6 +302,7 @@ def test_processor_bye_frees_the_engine_for_another_call(service, engine, g2p):
         assert len(late) <= 1  # at most the segment that was already in the engine
 
 
+@pytest.mark.slow
 def test_disconnect_cancels_the_calls_queued_work(service):
     before = metrics.SEGMENTS_CANCELLED._value.get()  # noqa: SLF001
     client = LlamaClient(service.tcp_address, "gone-1")
