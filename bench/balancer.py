@@ -16,7 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from benchmark import ROOT, BenchmarkError, ServiceProcess, free_port
+from benchmark import ROOT, BenchmarkError, ServiceProcess, free_port, stop_process
 
 HAPROXY_CFG = ROOT / "deploy" / "haproxy.cfg"
 UP_TIMEOUT_S = 30.0
@@ -35,7 +35,8 @@ def render(text: str, llama_port: int, http_port: int, instances: list[tuple[int
     """The shipped configuration with its ports moved: the frontends to ``llama_port``/``http_port``, and in
     each backend one server per instance (LLaMA, HTTP ports), written as the shipped ones are: ``tts1``,
     ``tts2``... as an operator adds a line per instance."""
-    shipped = {tcp: 0 for _, tcp, _ in shipped_servers(text)} | {http: 1 for _, _, http in shipped_servers(text)}
+    servers = shipped_servers(text)
+    shipped = {tcp: 0 for _, tcp, _ in servers} | {http: 1 for _, _, http in servers}   # port -> which of the two
     frontends = {FRONTENDS["llama"]: llama_port, FRONTENDS["http"]: http_port}
     lines: list[str] = []
     for line in text.splitlines():
@@ -74,7 +75,7 @@ class Balancer:
     def address(self) -> tuple[str, int]:
         return "127.0.0.1", self.llama_port
 
-    def states(self, backend: str = "kokoro_llama") -> dict[str, str]:
+    def states(self, backend: str) -> dict[str, str]:
         """Each server's state as HAProxy's health checks see it: UP, DOWN, ..."""
         with socket.socket(socket.AF_UNIX) as sock:
             sock.connect(str(self.stats))
@@ -101,12 +102,7 @@ class Balancer:
             time.sleep(0.1)
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc, 10)
 
 
 class Deployment:
@@ -154,9 +150,6 @@ class Deployment:
         self.instances[index].stop()
         self.instances[index] = self._start(index)
         return self.instances[index]
-
-    def cpu_s(self) -> float:
-        return sum(instance.cpu_s() for instance in self.instances)
 
     def stop(self) -> None:
         if self.balancer is not None:

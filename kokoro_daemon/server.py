@@ -417,8 +417,8 @@ class KokoroService:
                  "%s schedule, %s synthesis; voice %s (%s phonemes); audio %d Hz, routing %s, processor link %s (ports %d+N, "
                  "announce %d+N); %d open files allowed", time.monotonic() - started, *self.tcp_address,
                  *self.udp_address, ", ".join(cfg.allow_from), http, self.engine.label, self.engine.device, len(engines),
-                 cfg.schedule, "stream" if self.synthesizer.streams else "whole", voice.spec, phonemizer.backend, r.output_rate, r.mode, r.link, r.processor_base_port,
-                 r.announce_base_port, files)
+                 cfg.schedule, "stream" if self.synthesizer.streams else "whole", voice.spec, phonemizer.backend,
+                 r.output_rate, r.mode, r.link, r.processor_base_port, r.announce_base_port, files)
 
     def _load_engines(self, voice: Voice) -> list[Engine]:
         """Load the model(s) and run each one's first (slow) inference, while the phonemizer loads alongside."""

@@ -159,6 +159,7 @@ datagrams = st.one_of(
         lambda drawn: drawn[0] + drawn[2].randbytes(drawn[1])),  # oversize
 )
 
+
 def test_udp_fuzz(service, caplog, capfd):
     named: set[str] = set()
 

@@ -20,8 +20,6 @@ pytestmark = pytest.mark.slow  # ./run-tests.sh --quick leaves these out
 WAIT_S = 120.0  # generous: the engine shares two cores with everything else
 
 
-
-
 def processor_port(service) -> tuple[int, int]:
     """(call id N, port P) with P free and P = processor_base_port + N."""
     port = free_port()
